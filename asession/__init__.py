@@ -1,0 +1,21 @@
+"""asession: server-side HTTP sessions for Starlette and FastAPI, with Django's session semantics."""
+
+from __future__ import annotations
+
+from asession.config import SessionConfig
+from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError
+from asession.middleware import SessionMiddleware
+from asession.session import Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "CreateError",
+    "ImproperlyConfigured",
+    "Session",
+    "SessionConfig",
+    "SessionError",
+    "SessionMiddleware",
+    "__version__",
+]

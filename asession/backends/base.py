@@ -1,0 +1,289 @@
+"""SessionBackend: the abstract async storage every backend implements.
+
+A backend is long-lived and shared by all requests. Its public coroutines (:meth:`~SessionBackend.load`,
+:meth:`~SessionBackend.save`, ...) hold everything backends have in common: the open/closed state, key
+validation, SHA-256 hashing of keys for server-side stores, JSON encoding, the size limit, logging of
+corrupt data and the translation of storage failures into :class:`BackendUnavailableError`. Each backend
+only implements the underscore methods, which see the hashed storage key and the JSON text.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, ClassVar
+
+from asession import keys, serializers
+from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError
+
+__all__ = ["DEFAULT_MAX_SIZE", "BackendState", "SessionBackend"]
+
+#: The largest serialized session a backend stores or loads, in bytes (1 MiB).
+DEFAULT_MAX_SIZE = 1024 * 1024
+_CREATE_ATTEMPTS = 10
+
+security_logger = logging.getLogger("asession.security")
+
+
+class BackendState(enum.Enum):
+    """Where a backend is in its life: UNOPENED until :meth:`SessionBackend.open`, then OPEN, then CLOSED."""
+
+    UNOPENED = 1
+    OPEN = 2
+    CLOSED = 3
+
+
+class SessionBackend(ABC):
+    """Abstract async session storage.
+
+    Open it with ``async with backend:`` or ``await backend.open()`` and close it with
+    ``await backend.close()`` (idempotent); a closed backend may be opened again. Every storage
+    coroutine raises :class:`SessionError` when the backend is not open, and
+    :class:`BackendUnavailableError` (chained to the original exception) when the store fails.
+
+    ``max_size`` bounds the serialized size of one session: saving more raises :class:`SessionError`
+    and stored data over the limit loads as ``None`` and is logged on ``asession.security``.
+    """
+
+    #: Server-side stores keep ``sha256(key)`` instead of the key, so a dump reveals no usable cookie.
+    hashes_keys: ClassVar[bool] = True
+    #: The store drops expired entries by itself (a TTL), so :meth:`clear_expired` has nothing to do.
+    expires_by_itself: ClassVar[bool] = False
+
+    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
+            raise ValueError(f"max_size must be a positive number of bytes, not {max_size!r}.")
+        self.max_size = max_size
+        self._state = BackendState.UNOPENED
+
+    @classmethod
+    def from_url(cls, url: str) -> SessionBackend:
+        """Build this backend from a URL; :func:`~asession.backends.backend_from_url` calls it.
+
+        Backends that have a URL form override this; the others raise :class:`ImproperlyConfigured`.
+        """
+        raise ImproperlyConfigured(f"{cls.__name__} cannot be built from a URL such as {url!r}.")
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BackendState:
+        """The backend's :class:`BackendState`."""
+        return self._state
+
+    @property
+    def is_open(self) -> bool:
+        """``True`` between :meth:`open` and :meth:`close`."""
+        return self._state is BackendState.OPEN
+
+    async def open(self) -> None:
+        """Acquire connections, files or pools. Does nothing when already open.
+
+        Raises :class:`ImproperlyConfigured` or :class:`BackendUnavailableError` (naming the server,
+        password hidden) when the store cannot be reached.
+        """
+        if self._state is BackendState.OPEN:
+            return
+        await self._open()
+        self._state = BackendState.OPEN
+
+    async def close(self) -> None:
+        """Release what :meth:`open` acquired. Safe to call more than once, or on an unopened backend."""
+        if self._state is not BackendState.OPEN:
+            self._state = BackendState.CLOSED
+            return
+        self._state = BackendState.CLOSED
+        await self._close()
+
+    async def __aenter__(self) -> SessionBackend:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if self._state is not BackendState.OPEN:
+            when = "before open()" if self._state is BackendState.UNOPENED else "after close()"
+            raise SessionError(
+                f"{type(self).__name__} was used {when}. Open it with `async with backend:` or "
+                "`await backend.open()`, or hand it unopened to SessionMiddleware, which opens it on startup."
+            )
+
+    # -- keys ---------------------------------------------------------------------------------------
+
+    def accepts_key(self, key: object) -> bool:
+        """Tell whether ``key`` is well-formed for this backend. Malformed keys never reach the store."""
+        return keys.is_valid_key(key)
+
+    def _storage_key(self, key: str) -> str:
+        return keys.storage_key(key) if self.hashes_keys else key
+
+    # -- storage ------------------------------------------------------------------------------------
+
+    async def load(self, key: str) -> dict[str, Any] | None:
+        """Return the dict that :meth:`save` stored under ``key``.
+
+        Returns ``None`` when the key is malformed, unknown or expired, and when the stored data is
+        corrupt or over ``max_size`` (logged as a warning on ``asession.security``).
+        """
+        self._check_open()
+        if not self.accepts_key(key):
+            return None
+        try:
+            raw = await self._load(self._storage_key(key))
+        except SessionError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailableError(f"{self!r} could not load a session: {exc!r}") from exc
+        if raw is None:
+            return None
+        return self._decode(raw)
+
+    def _decode(self, raw: str | bytes) -> dict[str, Any] | None:
+        if len(raw) > self.max_size:
+            security_logger.warning(
+                "%s: stored session of %d bytes exceeds max_size=%d; treated as empty.",
+                type(self).__name__,
+                len(raw),
+                self.max_size,
+            )
+            return None
+        try:
+            return serializers.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            security_logger.warning("%s: session data corrupted (%s); treated as empty.", type(self).__name__, exc)
+            return None
+
+    def _encode(self, data: Mapping[str, Any]) -> str:
+        payload = serializers.dumps(data)
+        if len(payload) > self.max_size:
+            raise SessionError(
+                f"The session is {len(payload)} bytes once serialized, over the limit of {self.max_size} bytes. "
+                "Store less in the session, or raise the backend's max_size."
+            )
+        return payload
+
+    async def save(self, key: str, data: Mapping[str, Any], expiry_age: int, must_create: bool = False) -> None:
+        """Store ``data`` under ``key`` for ``expiry_age`` seconds, replacing what was there.
+
+        With ``must_create=True`` the write happens only if ``key`` is not stored yet, atomically, and
+        :class:`CreateError` is raised otherwise. A non-positive ``expiry_age`` stores nothing and
+        forgets the key. Raises ``TypeError`` naming the offending key when the data does not survive
+        JSON, :class:`SessionError` for a malformed key or data over ``max_size``; in each case nothing
+        is written.
+        """
+        self._check_open()
+        if not self.accepts_key(key):
+            raise SessionError(f"Refusing to store a session under the malformed key {key!r}.")
+        payload = self._encode(data)
+        skey = self._storage_key(key)
+        try:
+            if expiry_age <= 0:
+                await self._delete(skey)
+                return
+            await self._save(skey, payload, int(expiry_age), must_create)
+        except SessionError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailableError(f"{self!r} could not save a session: {exc!r}") from exc
+
+    async def exists(self, key: str) -> bool:
+        """Tell whether a live (unexpired) session is stored under ``key``."""
+        self._check_open()
+        if not self.accepts_key(key):
+            return False
+        try:
+            return await self._exists(self._storage_key(key))
+        except SessionError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailableError(f"{self!r} could not check a session: {exc!r}") from exc
+
+    async def delete(self, key: str) -> None:
+        """Forget the session stored under ``key``; no error when there is none."""
+        self._check_open()
+        if not self.accepts_key(key):
+            return
+        try:
+            await self._delete(self._storage_key(key))
+        except SessionError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailableError(f"{self!r} could not delete a session: {exc!r}") from exc
+
+    async def clear_expired(self) -> int:
+        """Remove expired sessions and return how many; 0 for stores that expire entries by themselves."""
+        self._check_open()
+        try:
+            return await self._clear_expired()
+        except SessionError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailableError(f"{self!r} could not clear expired sessions: {exc!r}") from exc
+
+    async def store(self, key: str | None, data: Mapping[str, Any], expiry_age: int) -> str:
+        """Persist ``data`` and return the key that now holds it.
+
+        With ``key=None`` a fresh unique key is generated and written with ``must_create=True``,
+        retrying on the (astronomically rare) collision. :class:`Session` calls this; backends whose
+        key *is* the data (signed cookies) override it.
+        """
+        if key is not None:
+            await self.save(key, data, expiry_age)
+            return key
+        for _ in range(_CREATE_ATTEMPTS):
+            key = keys.new_key()
+            try:
+                await self.save(key, data, expiry_age, must_create=True)
+            except CreateError:
+                continue
+            return key
+        raise SessionError(f"{self!r} reported every one of {_CREATE_ATTEMPTS} fresh random keys as taken.")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._describe()}>"
+
+    def _describe(self) -> str:
+        """A short description for errors and logs: a path or URL, never a password."""
+        return self._state.name.lower()
+
+    # -- what each backend implements -------------------------------------------------------------
+
+    async def _open(self) -> None:  # noqa: B027 - optional hook, most backends have something to open
+        """Acquire resources. The default has nothing to acquire."""
+
+    async def _close(self) -> None:  # noqa: B027
+        """Release what :meth:`_open` acquired."""
+
+    @abstractmethod
+    async def _load(self, skey: str) -> str | bytes | None:
+        """Return the JSON text stored under the storage key ``skey``, or ``None`` if missing or expired."""
+
+    @abstractmethod
+    async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None:
+        """Store ``payload`` under ``skey`` for ``expiry_age`` (> 0) seconds.
+
+        With ``must_create`` the write must be atomic with the existence check and raise
+        :class:`CreateError` when ``skey`` is already stored and live.
+        """
+
+    @abstractmethod
+    async def _exists(self, skey: str) -> bool:
+        """Whether a live session is stored under ``skey``."""
+
+    @abstractmethod
+    async def _delete(self, skey: str) -> None:
+        """Forget ``skey``; no error when missing."""
+
+    @abstractmethod
+    async def _clear_expired(self) -> int:
+        """Remove expired entries and return how many."""

@@ -1,0 +1,88 @@
+"""SessionConfig, the cookie and expiry settings shared by the session and the middleware."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from asession.exceptions import ImproperlyConfigured
+
+__all__ = [
+    "DEFAULT_COOKIE_NAME",
+    "DEFAULT_MAX_AGE",
+    "SameSite",
+    "SessionConfig",
+]
+
+SameSite = Literal["lax", "strict", "none"]
+
+DEFAULT_COOKIE_NAME = "session"
+#: Two weeks, Django's ``SESSION_COOKIE_AGE``.
+DEFAULT_MAX_AGE = 60 * 60 * 24 * 7 * 2
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Cookie and expiry settings, with Django's defaults.
+
+    ``max_age`` is the session's lifetime in seconds when no custom expiry is set (Django's
+    ``SESSION_COOKIE_AGE``). ``expire_at_browser_close`` makes cookies without ``set_expiry`` session
+    cookies. ``save_every_request`` saves (and re-sends the cookie) on every request, which turns the
+    expiry into an idle timeout. The ``cookie_*`` fields are the attributes of the ``Set-Cookie`` header.
+
+    Raises :class:`ImproperlyConfigured` when a combination is one browsers reject: a ``__Host-`` cookie
+    name without ``cookie_secure``, with a domain or with a path other than ``/``; a ``__Secure-`` name
+    without ``cookie_secure``; ``SameSite=None`` or ``cookie_partitioned`` without ``cookie_secure``.
+    """
+
+    cookie_name: str = DEFAULT_COOKIE_NAME
+    max_age: int = DEFAULT_MAX_AGE
+    expire_at_browser_close: bool = False
+    save_every_request: bool = False
+    cookie_domain: str | None = None
+    cookie_path: str = "/"
+    cookie_secure: bool = False
+    cookie_httponly: bool = True
+    cookie_samesite: SameSite | None = "lax"
+    cookie_partitioned: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.cookie_name or any(c in self.cookie_name for c in ' \t\r\n;,="()<>@:\\/[]?{}'):
+            raise ImproperlyConfigured(f"cookie_name {self.cookie_name!r} is not a valid cookie name.")
+        if isinstance(self.max_age, bool) or not isinstance(self.max_age, int) or self.max_age <= 0:
+            raise ImproperlyConfigured(f"max_age must be a positive number of seconds, not {self.max_age!r}.")
+        if self.cookie_samesite is not None and self.cookie_samesite not in ("lax", "strict", "none"):
+            raise ImproperlyConfigured(
+                f"cookie_samesite must be 'lax', 'strict', 'none' or None, not {self.cookie_samesite!r}."
+            )
+        if not self.cookie_path.startswith("/") or any(c in self.cookie_path for c in ";\r\n"):
+            raise ImproperlyConfigured(f"cookie_path must be an absolute path, not {self.cookie_path!r}.")
+        if self.cookie_domain is not None and (
+            not self.cookie_domain or any(c in self.cookie_domain for c in "; \r\n")
+        ):
+            raise ImproperlyConfigured(f"cookie_domain {self.cookie_domain!r} is not a valid domain.")
+        self._check_browser_rules()
+
+    def _check_browser_rules(self) -> None:
+        name = self.cookie_name
+        if name.startswith("__Host-"):
+            if not self.cookie_secure or self.cookie_domain is not None or self.cookie_path != "/":
+                raise ImproperlyConfigured(
+                    f"The cookie name {name!r} uses the __Host- prefix, which browsers accept only with "
+                    "cookie_secure=True, no cookie_domain and cookie_path='/'. Change those settings or the name."
+                )
+        elif name.startswith("__Secure-") and not self.cookie_secure:
+            raise ImproperlyConfigured(
+                f"The cookie name {name!r} uses the __Secure- prefix, which browsers accept only with "
+                "cookie_secure=True. Set cookie_secure=True or change the name."
+            )
+        if self.cookie_samesite == "none" and not self.cookie_secure:
+            raise ImproperlyConfigured(
+                "cookie_samesite='none' requires cookie_secure=True: browsers drop SameSite=None cookies "
+                "that are not Secure."
+            )
+        if self.cookie_partitioned and not self.cookie_secure:
+            raise ImproperlyConfigured(
+                "cookie_partitioned=True requires cookie_secure=True: browsers drop Partitioned cookies "
+                "that are not Secure."
+            )

@@ -1,0 +1,73 @@
+"""Cookie headers: reading the session cookie from ASGI headers and building ``Set-Cookie`` values.
+
+Pure functions over bytes and strings, no I/O. The attribute suffix depends only on the
+:class:`SessionConfig`, so the middleware computes it once with :func:`attributes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from email.utils import format_datetime
+
+from asession.config import SessionConfig
+
+__all__ = ["attributes", "expired_cookie", "read_cookie", "session_cookie"]
+
+_SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+#: Anything longer than a browser stores (RFC 6265 asks for at least 4096 bytes) is not ours.
+_MAX_COOKIE_VALUE = 8192
+
+
+def attributes(config: SessionConfig) -> str:
+    """The ``; Path=...; Domain=...; Secure; HttpOnly; SameSite=...; Partitioned`` suffix for ``config``."""
+    parts = [f"; Path={config.cookie_path}"]
+    if config.cookie_domain is not None:
+        parts.append(f"; Domain={config.cookie_domain}")
+    if config.cookie_secure:
+        parts.append("; Secure")
+    if config.cookie_httponly:
+        parts.append("; HttpOnly")
+    if config.cookie_samesite is not None:
+        parts.append(f"; SameSite={_SAMESITE[config.cookie_samesite]}")
+    if config.cookie_partitioned:
+        parts.append("; Partitioned")
+    return "".join(parts)
+
+
+def session_cookie(name: str, value: str, attrs: str, max_age: int | None, expires: datetime | None) -> bytes:
+    """A ``Set-Cookie`` value carrying ``value``; without ``max_age`` it is a browser-session cookie.
+
+    ``value`` is a session key or a signed payload, both made of cookie-safe characters only.
+    """
+    if max_age is None or expires is None:
+        return f"{name}={value}{attrs}".encode("latin-1")
+    return f"{name}={value}; Max-Age={max_age}; Expires={format_datetime(expires, usegmt=True)}{attrs}".encode(
+        "latin-1"
+    )
+
+
+def expired_cookie(name: str, attrs: str) -> bytes:
+    """A ``Set-Cookie`` value that makes the browser drop the cookie set with the same ``attrs``."""
+    return f'{name}=""; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{attrs}'.encode("latin-1")
+
+
+def read_cookie(headers: Iterable[tuple[bytes, bytes]], prefix: bytes) -> str | None:
+    """Return the value of the first cookie whose ``name=`` is ``prefix``, or ``None``.
+
+    Reads every ``Cookie`` header; a value that is empty, too long or not ASCII counts as absent, so a
+    hostile header can never raise here.
+    """
+    for header, value in headers:
+        if header != b"cookie" or prefix not in value:
+            continue
+        for part in value.split(b";"):
+            part = part.strip()
+            if part.startswith(prefix):
+                raw = part[len(prefix) :]
+                if raw[:1] == b'"' and raw[-1:] == b'"' and len(raw) >= 2:
+                    raw = raw[1:-1]
+                if not raw or len(raw) > _MAX_COOKIE_VALUE or not raw.isascii():
+                    return None
+                return raw.decode("ascii")
+    return None
