@@ -14,10 +14,18 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from asession import keys, serializers
 from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError
+
+if TYPE_CHECKING:
+    import sys
+
+    if sys.version_info >= (3, 11):
+        from typing import Self
+    else:
+        from typing_extensions import Self
 
 __all__ = ["DEFAULT_MAX_SIZE", "BackendState", "SessionBackend"]
 
@@ -98,7 +106,7 @@ class SessionBackend(ABC):
         self._state = BackendState.CLOSED
         await self._close()
 
-    async def __aenter__(self) -> SessionBackend:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
@@ -143,7 +151,7 @@ class SessionBackend(ABC):
         except SessionError:
             raise
         except Exception as exc:
-            raise BackendUnavailableError(f"{self!r} could not load a session: {exc!r}") from exc
+            raise self._unavailable("load a session", exc) from exc
         if raw is None:
             return None
         return self._decode(raw)
@@ -194,7 +202,7 @@ class SessionBackend(ABC):
         except SessionError:
             raise
         except Exception as exc:
-            raise BackendUnavailableError(f"{self!r} could not save a session: {exc!r}") from exc
+            raise self._unavailable("save a session", exc) from exc
 
     async def exists(self, key: str) -> bool:
         """Tell whether a live (unexpired) session is stored under ``key``."""
@@ -206,7 +214,7 @@ class SessionBackend(ABC):
         except SessionError:
             raise
         except Exception as exc:
-            raise BackendUnavailableError(f"{self!r} could not check a session: {exc!r}") from exc
+            raise self._unavailable("check a session", exc) from exc
 
     async def delete(self, key: str) -> None:
         """Forget the session stored under ``key``; no error when there is none."""
@@ -218,7 +226,7 @@ class SessionBackend(ABC):
         except SessionError:
             raise
         except Exception as exc:
-            raise BackendUnavailableError(f"{self!r} could not delete a session: {exc!r}") from exc
+            raise self._unavailable("delete a session", exc) from exc
 
     async def clear_expired(self) -> int:
         """Remove expired sessions and return how many; 0 for stores that expire entries by themselves."""
@@ -228,7 +236,7 @@ class SessionBackend(ABC):
         except SessionError:
             raise
         except Exception as exc:
-            raise BackendUnavailableError(f"{self!r} could not clear expired sessions: {exc!r}") from exc
+            raise self._unavailable("clear expired sessions", exc) from exc
 
     async def store(self, key: str | None, data: Mapping[str, Any], expiry_age: int) -> str:
         """Persist ``data`` and return the key that now holds it.
@@ -248,6 +256,9 @@ class SessionBackend(ABC):
                 continue
             return key
         raise SessionError(f"{self!r} reported every one of {_CREATE_ATTEMPTS} fresh random keys as taken.")
+
+    def _unavailable(self, action: str, exc: Exception) -> BackendUnavailableError:
+        return BackendUnavailableError(f"{self!r} could not {action}: {type(exc).__name__}: {exc}")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._describe()}>"
