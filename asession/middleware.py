@@ -13,9 +13,10 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asession import cookies
+from asession import cookies, expiry
 from asession.backends.base import BackendState, SessionBackend
 from asession.config import SessionConfig
+from asession.exceptions import BackendUnavailableError, SessionError
 from asession.session import Session
 
 __all__ = ["DEFAULT_SQLITE_PATH", "SessionMiddleware"]
@@ -25,29 +26,36 @@ logger = logging.getLogger(__name__)
 #: Where the embedded default backend keeps its sessions when no backend is given.
 DEFAULT_SQLITE_PATH = "sessions.sqlite3"
 
+Headers = list[tuple[bytes, bytes]]
+
 _UNAVAILABLE_BODY = b"Service Unavailable: the session store could not be reached. Please retry shortly."
-_UNAVAILABLE_START: Message = {
-    "type": "http.response.start",
-    "status": 503,
-    "headers": [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(_UNAVAILABLE_BODY)).encode()),
-        (b"retry-after", b"5"),
-        (b"cache-control", b"no-store"),
-    ],
-}
-_UNAVAILABLE_BODY_MESSAGE: Message = {"type": "http.response.body", "body": _UNAVAILABLE_BODY, "more_body": False}
+_UNAVAILABLE_HEADERS: Headers = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", str(len(_UNAVAILABLE_BODY)).encode()),
+    (b"retry-after", b"5"),
+    (b"cache-control", b"no-store"),
+]
+_VARY = (b"vary", b"Cookie")
 
 
 class SessionMiddleware:
     """Attach a :class:`~asession.Session` to every HTTP and WebSocket request.
 
     ``backend`` defaults to SQLite in ``./sessions.sqlite3``. A backend handed over unopened is opened
-    on ASGI lifespan startup (or on the first request when the server runs no lifespan) and closed on
-    shutdown; a backend the caller opened is left for the caller to close.
+    on ASGI lifespan startup (or on the first request that needs it when the server runs no lifespan)
+    and closed on shutdown; a backend the caller opened is left for the caller to close.
+
+    The session is saved when the app starts its response, if it was modified (or always with
+    ``save_every_request``) and the status is below 500. A store that fails to load or save answers
+    503 and is logged with its traceback on ``asession.middleware``. Data the store refuses because of
+    what the app put in the session (``TypeError`` for values JSON cannot carry, :class:`SessionError`
+    for a session over the size limit) is a bug in the app: it propagates like any exception raised by
+    the app, and nothing is written.
     """
 
-    def __init__(self, app: ASGIApp, backend: SessionBackend | None = None, *, config: SessionConfig | None = None):
+    def __init__(
+        self, app: ASGIApp, backend: SessionBackend | None = None, *, config: SessionConfig | None = None
+    ) -> None:
         if backend is None:
             from asession.backends.db import DatabaseBackend
 
@@ -55,8 +63,12 @@ class SessionMiddleware:
         self.app = app
         self.backend = backend
         self.config = config if config is not None else SessionConfig()
-        self._opened_here = False
+        # Set once this middleware opens the backend: it then closes it on shutdown and may reopen it
+        # when the lifespan starts again.
+        self._owns_backend = False
         self._open_lock = asyncio.Lock()
+        self._save_every_request = self.config.save_every_request
+        self._cookie_name = self.config.cookie_name
         self._cookie_prefix = f"{self.config.cookie_name}=".encode("latin-1")
         self._cookie_attrs = cookies.attributes(self.config)
         self._expired_cookie = cookies.expired_cookie(self.config.cookie_name, self._cookie_attrs)
@@ -76,34 +88,56 @@ class SessionMiddleware:
 
     async def _open_backend(self) -> None:
         async with self._open_lock:
-            if self.backend.state is BackendState.UNOPENED:
+            state = self.backend.state
+            if state is BackendState.UNOPENED or (state is BackendState.CLOSED and self._owns_backend):
                 await self.backend.open()
-                self._opened_here = True
+                self._owns_backend = True
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        open_error: Exception | None = None
+        answered = False
+
         async def receive_wrapper() -> Message:
+            nonlocal open_error
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self._open_backend()
+                # Open before the app starts up, so its own startup code can use the backend.
+                try:
+                    await self._open_backend()
+                except Exception as exc:
+                    open_error = exc
+                    raise
             return message
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed") and self._opened_here:
-                self._opened_here = False
-                await self.backend.close()
+            nonlocal answered
+            message_type = message["type"]
+            if message_type in ("lifespan.startup.complete", "lifespan.startup.failed"):
+                answered = True
+            elif message_type in ("lifespan.shutdown.complete", "lifespan.shutdown.failed") and self._owns_backend:
+                try:
+                    await self.backend.close()
+                except Exception:
+                    logger.exception("Could not close %r on shutdown.", self.backend)
             await send(message)
 
-        await self.app(scope, receive_wrapper, send_wrapper)
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception as exc:
+            if exc is open_error and not answered:
+                logger.error("Could not open %r on startup.", self.backend, exc_info=exc)
+                await send({"type": "lifespan.startup.failed", "message": f"Could not open {self.backend!r}: {exc!r}"})
+            raise
 
     # -- requests -----------------------------------------------------------------------------------
 
     async def _load(self, scope: Scope) -> tuple[Session, bool]:
         """Build the request's session; load it when the request carries a well-formed cookie."""
-        if not self.backend.is_open:
-            await self._open_backend()
         cookie = cookies.read_cookie(scope["headers"], self._cookie_prefix)
         session = Session(self.backend, cookie, self.config)
         if session.session_key is not None:
+            if not self.backend.is_open:
+                await self._open_backend()
             await session.load()
         return session, cookie is not None
 
@@ -112,8 +146,7 @@ class SessionMiddleware:
             session, had_cookie = await self._load(scope)
         except Exception:
             logger.exception("Could not load the session from %r; answering 503.", self.backend)
-            await send(_UNAVAILABLE_START)
-            await send(_UNAVAILABLE_BODY_MESSAGE)
+            await _send_unavailable(send)
             return
         scope["session"] = session
         replaced = False
@@ -125,11 +158,12 @@ class SessionMiddleware:
             if message["type"] == "http.response.start":
                 try:
                     headers = await self._commit(session, had_cookie, message["status"])
-                except Exception:
+                except Exception as exc:
+                    if not _is_store_failure(exc):
+                        raise
                     logger.exception("Could not save the session to %r; answering 503.", self.backend)
                     replaced = True
-                    await send(_UNAVAILABLE_START)
-                    await send(_UNAVAILABLE_BODY_MESSAGE)
+                    await _send_unavailable(send)
                     return
                 if headers:
                     message["headers"] = _merge_headers(message.get("headers", ()), headers)
@@ -137,58 +171,78 @@ class SessionMiddleware:
 
         await self.app(scope, receive, send_wrapper)
 
-    async def _commit(self, session: Session, had_cookie: bool, status: int) -> list[tuple[bytes, bytes]]:
+    async def _commit(self, session: Session, had_cookie: bool, status: int) -> Headers:
         """Save the session if the response calls for it; return the headers to add."""
-        headers: list[tuple[bytes, bytes]] = []
+        headers: Headers = []
         if session.session_key is None and not dict.__len__(session):
             # Nothing to keep. A flushed session had its data deleted by flush(); expire its cookie.
             if session.modified and had_cookie:
                 headers.append((b"set-cookie", self._expired_cookie))
-                headers.append((b"vary", b"Cookie"))
+                headers.append(_VARY)
             elif session.accessed:
-                headers.append((b"vary", b"Cookie"))
+                headers.append(_VARY)
             return headers
         if session.accessed:
-            headers.append((b"vary", b"Cookie"))
-        if (session.modified or self.config.save_every_request) and status < 500:
+            headers.append(_VARY)
+        if (session.modified or self._save_every_request) and status < 500:
+            if not self.backend.is_open:
+                await self._open_backend()
             await session.save()
             headers.append((b"set-cookie", self._session_cookie(session)))
         return headers
 
     def _session_cookie(self, session: Session) -> bytes:
         key = session.session_key
-        assert key is not None  # save() always leaves a key
+        if key is None:  # pragma: no cover - save() always leaves a key
+            raise SessionError("The session has no key after saving.")
         if session.get_expire_at_browser_close():
-            return cookies.session_cookie(self.config.cookie_name, key, self._cookie_attrs, None, None)
+            return cookies.session_cookie(self._cookie_name, key, self._cookie_attrs, None, None)
+        moment = expiry.now()
         return cookies.session_cookie(
-            self.config.cookie_name,
+            self._cookie_name,
             key,
             self._cookie_attrs,
-            max(session.get_expiry_age(), 0),
-            session.get_expiry_date(),
+            max(session.get_expiry_age(moment), 0),
+            session.get_expiry_date(moment),
         )
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             session, _ = await self._load(scope)
         except Exception:
-            logger.exception("Could not load the session from %r; closing the WebSocket.", self.backend)
-            await send({"type": "websocket.close", "code": 1011, "reason": "session store unavailable"})
+            logger.exception("Could not load the session from %r; refusing the WebSocket.", self.backend)
+            if "websocket.http.response" in (scope.get("extensions") or {}):
+                await send(
+                    {"type": "websocket.http.response.start", "status": 503, "headers": list(_UNAVAILABLE_HEADERS)}
+                )
+                await send({"type": "websocket.http.response.body", "body": _UNAVAILABLE_BODY})
+            else:
+                await send({"type": "websocket.close", "code": 1011, "reason": "session store unavailable"})
             return
         scope["session"] = session
         await self.app(scope, receive, send)
 
 
-def _merge_headers(
-    existing: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...], added: list[tuple[bytes, bytes]]
-) -> list[tuple[bytes, bytes]]:
+def _is_store_failure(exc: Exception) -> bool:
+    """Whether ``exc`` means the store failed, rather than the app's data being unstorable."""
+    return isinstance(exc, BackendUnavailableError) or not isinstance(exc, (SessionError, TypeError))
+
+
+async def _send_unavailable(send: Send) -> None:
+    # A fresh list each time: outer middleware may add headers to the message in place.
+    await send({"type": "http.response.start", "status": 503, "headers": list(_UNAVAILABLE_HEADERS)})
+    await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY, "more_body": False})
+
+
+def _merge_headers(existing: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...], added: Headers) -> Headers:
     """Append ``added`` to the response headers, folding ``Vary: Cookie`` into an existing Vary header."""
     merged = list(existing)
     for name, value in added:
         if name == b"vary":
             for index, (existing_name, existing_value) in enumerate(merged):
                 if existing_name.lower() == b"vary":
-                    if b"cookie" not in existing_value.lower() and existing_value.strip() != b"*":
+                    tokens = {token.strip().lower() for token in existing_value.split(b",")}
+                    if b"cookie" not in tokens and b"*" not in tokens:
                         merged[index] = (existing_name, existing_value + b", Cookie")
                     break
             else:
