@@ -89,9 +89,7 @@ def postgres_url() -> str:
 
 @pytest.fixture(scope="session")
 def memcached_url() -> str:
-    return _require_server(
-        os.environ.get("ASESSION_MEMCACHED_URL", "memcached://127.0.0.1:11211"), 11211, "memcached"
-    )
+    return _require_server(os.environ.get("ASESSION_MEMCACHED_URL", "memcached://127.0.0.1:11211"), 11211, "memcached")
 
 
 # -- one fixture per backend -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -38,7 +39,7 @@ def test_reads_set_accessed_only(backend: SessionBackend) -> None:
     """Every read sets accessed and leaves modified alone."""
     session = Session(backend)
     dict.__setitem__(session, "x", 1)
-    reads = [
+    reads: list[Callable[[], object]] = [
         lambda: session["x"],
         lambda: session.get("x"),
         lambda: "x" in session,
@@ -62,7 +63,7 @@ def test_reads_set_accessed_only(backend: SessionBackend) -> None:
 def test_writes_set_modified_and_accessed(backend: SessionBackend) -> None:
     """Every write sets both flags."""
     session = Session(backend)
-    writes = [
+    writes: list[Callable[[], object]] = [
         lambda: session.__setitem__("x", 1),
         lambda: session.__delitem__("x"),
         lambda: session.update({"y": 2}),

@@ -170,7 +170,7 @@ async def test_store_with_no_key_creates_a_fresh_unique_key(server_backend: Sess
 async def test_unicode_and_large_values_round_trip(server_backend: SessionBackend) -> None:
     """Non-ASCII text and a 100 KB value survive storage unchanged."""
     key = keys.new_key()
-    data = {"text": "日本語 \u2603 \U0001f600 \"quotes\" \\ back", "big": "y" * 100_000}
+    data = {"text": '日本語 \u2603 \U0001f600 "quotes" \\ back', "big": "y" * 100_000}
     await server_backend.save(key, data, DAY)
     assert await server_backend.load(key) == data
 
