@@ -6,8 +6,9 @@ Pure functions over bytes and strings, no I/O. The attribute suffix depends only
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timezone
 from email.utils import format_datetime
 
 from asession.config import SessionConfig
@@ -35,6 +36,12 @@ def attributes(config: SessionConfig) -> str:
     return "".join(parts)
 
 
+@functools.lru_cache(maxsize=128)
+def _http_date(second: int) -> str:
+    # Formatting dominates the cost of Set-Cookie; cookies expiring in the same second share the text.
+    return format_datetime(datetime.fromtimestamp(second, timezone.utc), usegmt=True)
+
+
 def session_cookie(name: str, value: str, attrs: str, max_age: int | None, expires: datetime | None) -> bytes:
     """A ``Set-Cookie`` value carrying ``value``; without ``max_age`` it is a browser-session cookie.
 
@@ -42,9 +49,7 @@ def session_cookie(name: str, value: str, attrs: str, max_age: int | None, expir
     """
     if max_age is None or expires is None:
         return f"{name}={value}{attrs}".encode("latin-1")
-    return f"{name}={value}; Max-Age={max_age}; Expires={format_datetime(expires, usegmt=True)}{attrs}".encode(
-        "latin-1"
-    )
+    return f"{name}={value}; Max-Age={max_age}; Expires={_http_date(int(expires.timestamp()))}{attrs}".encode("latin-1")
 
 
 def expired_cookie(name: str, attrs: str) -> bytes:

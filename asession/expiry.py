@@ -8,6 +8,7 @@ data under :data:`EXPIRY_KEY`, so it survives a JSON round trip.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 __all__ = [
@@ -35,8 +36,14 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_system_now = now
+
+
 def timestamp() -> float:
     """Return :func:`now` as seconds since the epoch, for stores that keep numeric expiry times."""
+    # time.time() is five times cheaper than building a datetime; take it unless a test moved the clock.
+    if now is _system_now:
+        return time.time()
     return now().timestamp()
 
 
