@@ -246,9 +246,8 @@ def _postgres() -> Any:
 
 
 def _cached_db() -> Any:
-    from asession.backends.cached_db import CachedDatabaseBackend
-
     from asession.backends.cache import CacheBackend
+    from asession.backends.cached_db import CachedDatabaseBackend
     from asession.backends.db import DatabaseBackend
 
     return CachedDatabaseBackend(DatabaseBackend(_sqlite_path()), CacheBackend("memory://"))
