@@ -17,6 +17,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from asession.backends._extras import require
 from asession.backends._urls import hide_password
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
 from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured
@@ -59,15 +60,6 @@ class _TextSerializer:
 
 
 _SERIALIZER = _TextSerializer()
-
-
-def _require(module: str, extra: str, purpose: str = "") -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"CacheBackend needs {module}{purpose}. Install it with `pip install 'asession[{extra}]'`."
-        ) from exc
 
 
 def _redis_options(url: str) -> dict[str, Any]:
@@ -156,7 +148,7 @@ class CacheBackend(SessionBackend):
                 # Built once and kept, so the sessions outlive a close() and open() of the backend.
                 self._cache = self._build()
         else:
-            _require("aiocache", "cache")
+            require("aiocache", "CacheBackend", "cache")
             from aiocache.base import BaseCache
 
             if not isinstance(cache_or_url, BaseCache):
@@ -187,9 +179,9 @@ class CacheBackend(SessionBackend):
                 "'rediss://host:6380/0' or 'memcached://host:11211'."
             )
         extra = _SCHEMES[scheme]
-        _require("aiocache", extra)
+        require("aiocache", "CacheBackend", extra)
         for module in _EXTRA_MODULES[extra]:
-            _require(module, extra, f" for {scheme}:// URLs")
+            require(module, "CacheBackend", extra, f" for {scheme}:// URLs")
         try:
             if extra == "redis":
                 self._options = _redis_options(url)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from asession import expiry
+from asession.backends._extras import require
 from asession.backends._urls import hide_password
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
 from asession.exceptions import CreateError, ImproperlyConfigured
@@ -32,7 +33,6 @@ DEFAULT_BUSY_TIMEOUT = 5.0
 #: A plain SQL identifier, short enough that ``<table>_expire_at_idx`` fits PostgreSQL's 63 characters.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,48}")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
-_POSTGRES_HINT = "DatabaseBackend needs asyncpg for PostgreSQL. Install it with `pip install 'asession[postgres]'`."
 
 
 @dataclass(frozen=True)
@@ -205,10 +205,7 @@ class DatabaseBackend(SessionBackend):
                 f"The PostgreSQL URL {hide_password(self.url)!r} is malformed ({exc}). "
                 "Expected e.g. 'postgresql://user:password@host:5432/dbname'."
             ) from exc
-        try:
-            import asyncpg  # noqa: F401
-        except ImportError as exc:
-            raise ImproperlyConfigured(_POSTGRES_HINT) from exc
+        require("asyncpg", "DatabaseBackend", "postgres", " for PostgreSQL")
         from asession.backends._postgres import PostgresDriver
 
         # asyncpg lets server_settings override the URL, so name the pool only when the URL does not.

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from asession import expiry
+from asession.backends._extras import require
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
 from asession.exceptions import CreateError, ImproperlyConfigured, SessionError
 
@@ -91,12 +92,7 @@ class FileBackend(SessionBackend):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        try:
-            import aiofiles  # noqa: F401 - a missing extra must fail here, at construction
-        except ImportError as exc:
-            raise ImproperlyConfigured(
-                "FileBackend needs aiofiles. Install it with `pip install 'asession[file]'`."
-            ) from exc
+        require("aiofiles", "FileBackend", "file")
         super().__init__(max_size=max_size)
         if not os.path.isdir(path):
             raise ImproperlyConfigured(

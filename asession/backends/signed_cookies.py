@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from asession import expiry
+from asession.backends._extras import require
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend, security_logger
 from asession.exceptions import CreateError, ImproperlyConfigured, SessionError
 
@@ -76,12 +77,9 @@ class SignedCookieBackend(SessionBackend):
         salt: str = "asession.signed_cookies",
         max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
-        try:
-            import itsdangerous
-        except ImportError as exc:
-            raise ImproperlyConfigured(
-                "SignedCookieBackend needs itsdangerous. Install it with `pip install 'asession[cookies]'`."
-            ) from exc
+        require("itsdangerous", "SignedCookieBackend", "cookies")
+        import itsdangerous
+
         super().__init__(max_size=max_size)
         _check_secret(secret_key, "secret_key")
         if len(secret_key) < MIN_SECRET_KEY_LENGTH:
