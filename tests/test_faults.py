@@ -29,38 +29,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from asession import Session, SessionMiddleware
+from asession import Session
 from asession.backends.base import SessionBackend
 from benchmarks import crash_file_backend as crash
+from tests.apps import client_for, counter_app
 from tests.conftest import IN_CI
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def make_app(backend: SessionBackend) -> Starlette:
-    async def count(request: Request) -> JSONResponse:
-        value = request.session.get("n", 0) + 1
-        request.session["n"] = value
-        return JSONResponse({"n": value})
-
-    async def read(request: Request) -> JSONResponse:
-        return JSONResponse({"n": request.session.get("n")})
-
-    app = Starlette(routes=[Route("/count", count, methods=["POST"]), Route("/read", read)])
-    app.add_middleware(SessionMiddleware, backend=backend)
-    return app
-
-
-def client_for(app: Starlette) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
 @dataclass
@@ -183,7 +165,7 @@ async def test_redis_stopped_answers_503_then_recovers_without_loss(
     from asession.backends.cache import CacheBackend
 
     async with CacheBackend(f"redis://127.0.0.1:{redis_server.port}/0") as backend:
-        app = make_app(backend)
+        app = counter_app(backend)
         visitors = [Visitor(client_for(app)) for _ in range(8)]
         try:
             for _ in range(5):
@@ -240,7 +222,7 @@ async def test_cached_db_logout_while_cache_is_down_stays_logged_out(
         await session.flush()
         return JSONResponse({})
 
-    app = make_app(backend)
+    app = counter_app(backend)
     app.router.routes.append(Route("/logout", logout, methods=["POST"]))
     async with client_for(app) as client:
         assert (await client.post("/count")).json() == {"n": 1}
@@ -263,7 +245,7 @@ async def test_cached_db_write_while_cache_is_down_is_not_shadowed(
 ) -> None:
     """A save answered 200 while the cache is down is what the session reads once the cache is back."""
     backend = cached_db_over_private_redis
-    async with client_for(make_app(backend)) as client:
+    async with client_for(counter_app(backend)) as client:
         visitor = Visitor(client)
         for _ in range(3):
             assert await visitor.count() == 200
@@ -321,7 +303,7 @@ async def test_postgres_killed_connections_pool_recovers_without_loss(
 ) -> None:
     """Pool connections killed under load give at most some 503s; then every request succeeds and nothing is lost."""
     backend, tag = postgres_fault_backend
-    app = make_app(backend)
+    app = counter_app(backend)
     visitors = [Visitor(client_for(app)) for _ in range(8)]
     try:
         for visitor in visitors:
@@ -369,7 +351,7 @@ async def test_sqlite_locked_waits_busy_timeout_then_503_and_stays_intact(
     path = tmp_path / "sessions.sqlite3"
     busy_timeout = 0.3
     async with DatabaseBackend(str(path), busy_timeout=busy_timeout) as backend:
-        app = make_app(backend)
+        app = counter_app(backend)
         async with client_for(app) as client:
             visitor = Visitor(client)
             for _ in range(3):

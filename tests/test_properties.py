@@ -22,14 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from asession import Session, SessionError, SessionMiddleware
+from asession import Session, SessionError
 from asession.backends.base import SessionBackend
 from asession.backends.memory import MemoryBackend
+from tests.apps import counter_app
 
 T = TypeVar("T")
 SETTINGS = settings(
@@ -289,30 +286,6 @@ def cookie_headers(draw: st.DrawFn, stored_key: str) -> list[tuple[bytes, bytes]
     return headers
 
 
-async def _counter(request: Request) -> JSONResponse:
-    count = request.session.get("n", 0) + 1
-    request.session["n"] = count
-    return JSONResponse({"n": count})
-
-
-async def _read(request: Request) -> JSONResponse:
-    return JSONResponse({"n": request.session.get("n")})
-
-
-async def _logout(request: Request) -> JSONResponse:
-    session: Session = request.scope["session"]
-    await session.flush()
-    return JSONResponse({})
-
-
-def _make_app(backend: SessionBackend) -> Starlette:
-    app = Starlette(
-        routes=[Route("/count", _counter, methods=["POST"]), Route("/read", _read), Route("/logout", _logout)]
-    )
-    app.add_middleware(SessionMiddleware, backend=backend)
-    return app
-
-
 def _make_backend(kind: str, directory: Path) -> SessionBackend:
     if kind == "file":
         from asession.backends.file import FileBackend
@@ -341,7 +314,7 @@ def _running(kind: str, tmp_path: Path) -> Iterator[tuple[_Loop, SessionBackend,
         backend = _make_backend(kind, store)
         runner.run(backend.open())
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=_make_app(backend), raise_app_exceptions=False),
+            transport=httpx.ASGITransport(app=counter_app(backend), raise_app_exceptions=False),
             base_url="http://testserver",
         )
         try:
