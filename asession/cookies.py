@@ -42,14 +42,15 @@ def _http_date(second: int) -> str:
     return format_datetime(datetime.fromtimestamp(second, timezone.utc), usegmt=True)
 
 
-def session_cookie(name: str, value: str, attrs: str, max_age: int | None, expires: datetime | None) -> bytes:
+def session_cookie(name: str, value: str, attrs: str, max_age: int | None, expires: int | None) -> bytes:
     """A ``Set-Cookie`` value carrying ``value``; without ``max_age`` it is a browser-session cookie.
 
-    ``value`` is a session key or a signed payload, both made of cookie-safe characters only.
+    ``value`` is a session key or a signed payload, both made of cookie-safe characters only;
+    ``expires`` is the Unix second the cookie expires.
     """
     if max_age is None or expires is None:
         return f"{name}={value}{attrs}".encode("latin-1")
-    return f"{name}={value}; Max-Age={max_age}; Expires={_http_date(int(expires.timestamp()))}{attrs}".encode("latin-1")
+    return f"{name}={value}; Max-Age={max_age}; Expires={_http_date(expires)}{attrs}".encode("latin-1")
 
 
 def expired_cookie(name: str, attrs: str) -> bytes:

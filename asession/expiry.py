@@ -16,6 +16,7 @@ __all__ = [
     "CustomExpiry",
     "ExpiryValue",
     "age",
+    "cookie_lifetime",
     "date",
     "expires_at_browser_close",
     "normalize",
@@ -102,6 +103,19 @@ def date(custom: CustomExpiry, default_age: int, modification: datetime | None =
         return datetime.fromisoformat(custom).astimezone(timezone.utc)
     seconds = custom or default_age
     return (modification or now()) + timedelta(seconds=seconds)
+
+
+def cookie_lifetime(custom: CustomExpiry, default_age: int) -> tuple[int, int]:
+    """``(Max-Age, Expires)`` of a cookie set now: seconds (never negative) and whole Unix seconds.
+
+    The same moments as :func:`age` and :func:`date` give, computed from :func:`timestamp` without
+    building datetimes for the usual case of an expiry counted in seconds.
+    """
+    if isinstance(custom, str):
+        moment = now()
+        return max(age(custom, default_age, moment), 0), int(date(custom, default_age, moment).timestamp())
+    seconds = custom or default_age
+    return max(seconds, 0), int(timestamp() + seconds)
 
 
 def expires_at_browser_close(custom: CustomExpiry, default: bool) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 import secrets
 
 __all__ = [
@@ -20,8 +22,9 @@ KEY_LENGTH = 32
 MIN_KEY_LENGTH = 8
 MAX_KEY_LENGTH = 64
 
-_VALID = frozenset(VALID_KEY_CHARS)
-
+_VALID_KEY = re.compile(f"[a-z0-9]{{{MIN_KEY_LENGTH},{MAX_KEY_LENGTH}}}")
+#: Storage keys of the sessions seen last, so the load and the save of one request hash the key once.
+_STORAGE_KEY_CACHE_SIZE = 1024
 
 _KEY_SPACE = len(VALID_KEY_CHARS) ** KEY_LENGTH
 
@@ -44,12 +47,15 @@ def is_valid_key(key: object) -> bool:
     A valid key is a ``str`` of 8 to 64 characters, each one of ``[a-z0-9]``. Anything else (``../x``,
     NUL, unicode, whitespace) is refused before it can reach a file path or a query.
     """
-    return isinstance(key, str) and MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH and _VALID.issuperset(key)
+    return isinstance(key, str) and _VALID_KEY.fullmatch(key) is not None
 
 
+@functools.lru_cache(maxsize=_STORAGE_KEY_CACHE_SIZE)
 def storage_key(key: str) -> str:
     """Return the SHA-256 hex digest under which a server-side store keeps the session ``key``.
 
     Stores never see the raw key, so a dump of the database, directory or cache holds no usable cookie.
+    The digests of the last 1024 keys are remembered (in this process only), so the load and the save
+    of one request hash the key once.
     """
     return hashlib.sha256(key.encode("ascii")).hexdigest()

@@ -13,7 +13,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asession import cookies, expiry
+from asession import cookies
 from asession.backends.base import BackendState, SessionBackend
 from asession.config import SessionConfig
 from asession.exceptions import BackendUnavailableError, SessionError
@@ -36,6 +36,7 @@ _UNAVAILABLE_HEADERS: Headers = [
     (b"cache-control", b"no-store"),
 ]
 _VARY = (b"vary", b"Cookie")
+_VARY_ONLY: Headers = [_VARY]
 
 
 class SessionMiddleware:
@@ -131,24 +132,25 @@ class SessionMiddleware:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    async def _load(self, scope: Scope) -> tuple[Session, bool]:
-        """Build the request's session; load it when the request carries a well-formed cookie."""
-        cookie = cookies.read_cookie(scope["headers"], self._cookie_prefix)
-        session = Session(self.backend, cookie, self.config)
-        if session.session_key is not None:
-            if not self.backend.is_open:
-                await self._open_backend()
-            await session.load()
-        return session, cookie is not None
+    async def _load(self, session: Session) -> None:
+        """Load a session built from a well-formed cookie, opening the backend first if needed."""
+        if not self.backend.is_open:
+            await self._open_backend()
+        await session.load()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            session, had_cookie = await self._load(scope)
-        except Exception:
-            logger.exception("Could not load the session from %r; answering 503.", self.backend)
-            await _send_unavailable(send)
-            return
+        cookie = cookies.read_cookie(scope["headers"], self._cookie_prefix)
+        session = Session(self.backend, cookie, self.config)
+        if session.session_key is not None:  # a request without a (well-formed) cookie skips the store
+            try:
+                await self._load(session)
+            except Exception:
+                logger.exception("Could not load the session from %r; answering 503.", self.backend)
+                await _send_unavailable(send)
+                return
         scope["session"] = session
+        had_cookie = cookie is not None
+        save_every_request = self._save_every_request
         replaced = False
 
         async def send_wrapper(message: Message) -> None:
@@ -156,17 +158,20 @@ class SessionMiddleware:
             if replaced:
                 return  # the app's response was replaced by a 503; drop the rest of it
             if message["type"] == "http.response.start":
-                try:
-                    headers = await self._commit(session, had_cookie, message["status"])
-                except Exception as exc:
-                    if not _is_store_failure(exc):
-                        raise
-                    logger.exception("Could not save the session to %r; answering 503.", self.backend)
-                    replaced = True
-                    await _send_unavailable(send)
-                    return
-                if headers:
-                    message["headers"] = _merge_headers(message.get("headers", ()), headers)
+                if session.modified or save_every_request:
+                    try:
+                        headers = await self._commit(session, had_cookie, message["status"])
+                    except Exception as exc:
+                        if not _is_store_failure(exc):
+                            raise
+                        logger.exception("Could not save the session to %r; answering 503.", self.backend)
+                        replaced = True
+                        await _send_unavailable(send)
+                        return
+                    if headers:
+                        message["headers"] = _merge_headers(message.get("headers", ()), headers)
+                elif session.accessed:  # read only: nothing to save, but the response varies by cookie
+                    message["headers"] = _merge_headers(message.get("headers", ()), _VARY_ONLY)
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
@@ -195,20 +200,16 @@ class SessionMiddleware:
         key = session.session_key
         if key is None:  # pragma: no cover - save() always leaves a key
             raise SessionError("The session has no key after saving.")
-        if session.get_expire_at_browser_close():
+        lifetime = session._cookie_lifetime()  # the package's own, not public API
+        if lifetime is None:
             return cookies.session_cookie(self._cookie_name, key, self._cookie_attrs, None, None)
-        moment = expiry.now()
-        return cookies.session_cookie(
-            self._cookie_name,
-            key,
-            self._cookie_attrs,
-            max(session.get_expiry_age(moment), 0),
-            session.get_expiry_date(moment),
-        )
+        return cookies.session_cookie(self._cookie_name, key, self._cookie_attrs, *lifetime)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = Session(self.backend, cookies.read_cookie(scope["headers"], self._cookie_prefix), self.config)
         try:
-            session, _ = await self._load(scope)
+            if session.session_key is not None:
+                await self._load(session)
         except Exception:
             logger.exception("Could not load the session from %r; refusing the WebSocket.", self.backend)
             if "websocket.http.response" in (scope.get("extensions") or {}):
@@ -240,7 +241,7 @@ def _merge_headers(existing: list[tuple[bytes, bytes]] | tuple[tuple[bytes, byte
     for name, value in added:
         if name == b"vary":
             for index, (existing_name, existing_value) in enumerate(merged):
-                if existing_name.lower() == b"vary":
+                if len(existing_name) == 4 and existing_name.lower() == b"vary":
                     tokens = {token.strip().lower() for token in existing_value.split(b",")}
                     if b"cookie" not in tokens and b"*" not in tokens:
                         merged[index] = (existing_name, existing_value + b", Cookie")

@@ -8,7 +8,8 @@ anything else, which the backends log as tampering and load as an empty session.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import json.encoder
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["dumps", "loads"]
@@ -17,12 +18,42 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _decoder = json.JSONDecoder()
 
 
+def _refuse(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _build_fast_encoder() -> Callable[[Any, int], Iterable[str]] | None:
+    """The C encoder that ``_encoder.encode`` builds anew on every call, built once (CPython only).
+
+    Same options as ``_encoder``, except that it skips the circular-reference check: a circular
+    structure overflows the C stack guard with a ``RecursionError`` instead, and :func:`dumps` then
+    re-encodes with ``_encoder`` to get the usual error.
+    """
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:  # pragma: no cover - interpreters without the _json accelerator
+        return None
+    encoder: Callable[[Any, int], Iterable[str]] = make_encoder(
+        None, _refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return encoder
+
+
+_fast_encoder = _build_fast_encoder()
+#: The C scanner decode() calls after skipping whitespace; not in typeshed, hence getattr.
+_scan_once: Callable[[str, int], tuple[Any, int]] = getattr(_decoder, "scan_once")  # noqa: B009
+
+
 def dumps(data: Mapping[str, Any]) -> str:
     """Serialize session ``data`` to compact JSON text.
 
     Raises ``TypeError`` naming the first key whose value (or the key itself) JSON cannot represent,
     such as a ``datetime``, a ``set``, a non-string key or ``float('nan')``.
     """
+    if _fast_encoder is not None:
+        try:
+            return "".join(_fast_encoder(data, 0))
+        except (TypeError, ValueError, RecursionError):
+            pass  # encode again below, for the error message that names the key
     try:
         return _encoder.encode(data)
     except (TypeError, ValueError) as exc:
@@ -50,7 +81,13 @@ def loads(text: str | bytes) -> dict[str, Any]:
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    data = _decoder.decode(text)
+    try:
+        # The scanner alone, without decode()'s whitespace handling: what asession writes has none.
+        data, end = _scan_once(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        end = -1
+    if end != len(text):
+        data = _decoder.decode(text)  # leading or trailing text: the full decoder accepts or explains it
     if not isinstance(data, dict):
         raise ValueError(f"stored session data is a JSON {type(data).__name__}, not an object")
     return data

@@ -37,7 +37,7 @@ class Session(dict[str, Any]):
     def __init__(
         self, backend: SessionBackend, session_key: str | None = None, config: SessionConfig | None = None
     ) -> None:
-        super().__init__()
+        # No dict.__init__(): dict.__new__ already made the empty mapping.
         self._backend = backend
         self._config = config if config is not None else _DEFAULT_CONFIG
         if session_key is not None and not backend.accepts_key(session_key):
@@ -290,9 +290,10 @@ class Session(dict[str, Any]):
         Raises ``TypeError`` naming the offending key if the data does not survive JSON; nothing is
         written then.
         """
-        await self._load_if_needed()
+        if not self._loaded:
+            await self.load()
         data = self._snapshot()
-        age = self.get_expiry_age()
+        age = expiry.age(self._expiry, self._config.max_age)
         if must_create and self._session_key is not None:
             await self._backend.save(self._session_key, data, age, must_create=True)
         else:
@@ -371,3 +372,11 @@ class Session(dict[str, Any]):
         """Whether the cookie should last only until the browser closes."""
         self._check()
         return expiry.expires_at_browser_close(self._expiry, self._config.expire_at_browser_close)
+
+    def _cookie_lifetime(self) -> tuple[int, int] | None:
+        """``(Max-Age, Expires as a Unix second)`` for the cookie set now; ``None`` for a browser-session cookie."""
+        self._check()
+        custom = self._expiry
+        if expiry.expires_at_browser_close(custom, self._config.expire_at_browser_close):
+            return None
+        return expiry.cookie_lifetime(custom, self._config.max_age)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -67,3 +68,28 @@ def test_timestamp_follows_the_now_seam(monkeypatch: pytest.MonkeyPatch) -> None
     """timestamp() reads the replaceable now()."""
     monkeypatch.setattr(expiry, "now", lambda: MOMENT)
     assert expiry.timestamp() == MOMENT.timestamp()
+
+
+def test_cookie_lifetime_matches_age_and_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Max-Age and Expires for seconds, the default and a fixed moment, from the moved clock."""
+    monkeypatch.setattr(expiry, "now", lambda: MOMENT)
+    start = int(MOMENT.timestamp())
+    assert expiry.cookie_lifetime(None, 100) == (100, start + 100)
+    assert expiry.cookie_lifetime(7, 100) == (7, start + 7)
+    fixed = (MOMENT + timedelta(seconds=42)).isoformat()
+    assert expiry.cookie_lifetime(fixed, 100) == (42, start + 42)
+
+
+def test_cookie_lifetime_never_gives_a_negative_max_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A moment already past gives Max-Age=0 (the cookie is dropped) and its own Expires."""
+    monkeypatch.setattr(expiry, "now", lambda: MOMENT)
+    past = (MOMENT - timedelta(seconds=5)).isoformat()
+    assert expiry.cookie_lifetime(past, 100) == (0, int(MOMENT.timestamp()) - 5)
+    assert expiry.cookie_lifetime(-5, 100) == (0, int(MOMENT.timestamp()) - 5)
+
+
+def test_cookie_lifetime_uses_the_system_clock_unmoved() -> None:
+    """Without a moved clock the expiry is counted from time.time()."""
+    before = int(time.time())
+    max_age, expires = expiry.cookie_lifetime(None, 60)
+    assert max_age == 60 and before + 60 <= expires <= int(time.time()) + 60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from decimal import Decimal
 
@@ -39,3 +40,31 @@ def test_loads_rejects_non_objects(text: str | bytes) -> None:
 def test_loads_accepts_bytes() -> None:
     """UTF-8 bytes decode like text."""
     assert serializers.loads('{"k":"ü"}'.encode()) == {"k": "ü"}
+
+
+def test_dumps_is_compact_and_keeps_unicode() -> None:
+    """The prebuilt encoder writes what json.dumps with the same options writes."""
+    data = {"k": "ü", "l": [1, 2.5, None, True], "d": {"x": ""}, "7": "key"}
+    expected = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert serializers.dumps(data) == expected
+
+
+def test_dumps_names_the_key_of_a_circular_value() -> None:
+    """A value that contains itself is refused with its key named, not a RecursionError."""
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(TypeError, match="'loop'.*[Cc]ircular"):
+        serializers.dumps({"fine": 1, "loop": loop})
+
+
+@pytest.mark.parametrize("text", [' {"k": 1}', '{"k": 1}\n', '\t{ "k" : 1 }  '])
+def test_loads_accepts_surrounding_whitespace(text: str) -> None:
+    """JSON written by other tools (with whitespace) decodes through the full decoder."""
+    assert serializers.loads(text) == {"k": 1}
+
+
+@pytest.mark.parametrize("text", ['{"k": 1} trailing', '{"k": 1}{"k": 2}', '{"k": ', "   "])
+def test_loads_rejects_trailing_or_truncated_text(text: str) -> None:
+    """An object followed by anything but whitespace, or cut short, is not session data."""
+    with pytest.raises(ValueError):
+        serializers.loads(text)
