@@ -7,11 +7,12 @@ The mapping is read and written without ``await`` once :meth:`Session.load` has 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from asession import expiry
+from asession._async_accessors import _MISSING, AsyncAccessors
 from asession.config import SessionConfig
 from asession.exceptions import SessionError
 
@@ -20,11 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Session"]
 
-_MISSING: Any = object()
 _DEFAULT_CONFIG = SessionConfig()
 
 
-class Session(dict[str, Any]):
+class Session(AsyncAccessors):
     """One visitor's session: a ``dict`` whose contents live in ``backend`` under ``session_key``.
 
     A session created with a key must be loaded (``await session.load()``) before its mapping is
@@ -197,64 +197,11 @@ class Session(dict[str, Any]):
         dict.clear(self)
         self.accessed = self.modified = True
 
-    # -- async accessors (Django 5.1 names): load on demand, then act like their sync twins -----------
+    # -- async accessors (aget, aset, ...: asession/_async_accessors.py) load through this ----------
 
     async def _load_if_needed(self) -> None:
         if not self._loaded:
             await self.load()
-
-    async def aget(self, key: str, default: Any = None) -> Any:
-        """Load if needed, then ``get(key, default)``."""
-        await self._load_if_needed()
-        return self.get(key, default)
-
-    async def aset(self, key: str, value: Any) -> None:
-        """Load if needed, then ``session[key] = value``."""
-        await self._load_if_needed()
-        self[key] = value
-
-    async def apop(self, key: str, default: Any = _MISSING) -> Any:
-        """Load if needed, then ``pop(key[, default])``."""
-        await self._load_if_needed()
-        return self.pop(key, default)
-
-    async def asetdefault(self, key: str, default: Any = None) -> Any:
-        """Load if needed, then ``setdefault(key, default)``."""
-        await self._load_if_needed()
-        return self.setdefault(key, default)
-
-    async def aupdate(self, other: Mapping[str, Any] = _MISSING, /, **kwargs: Any) -> None:
-        """Load if needed, then ``update(other, **kwargs)``."""
-        await self._load_if_needed()
-        if other is _MISSING:
-            self.update(**kwargs)
-        else:
-            self.update(other, **kwargs)
-
-    async def ahas_key(self, key: str) -> bool:
-        """Load if needed, then ``key in session``."""
-        await self._load_if_needed()
-        return key in self
-
-    async def akeys(self) -> Any:
-        """Load if needed, then ``keys()``."""
-        await self._load_if_needed()
-        return self.keys()
-
-    async def avalues(self) -> Any:
-        """Load if needed, then ``values()``."""
-        await self._load_if_needed()
-        return self.values()
-
-    async def aitems(self) -> Any:
-        """Load if needed, then ``items()``."""
-        await self._load_if_needed()
-        return self.items()
-
-    async def aclear(self) -> None:
-        """Load if needed, then ``clear()``."""
-        await self._load_if_needed()
-        self.clear()
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
