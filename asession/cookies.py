@@ -7,6 +7,7 @@ Pure functions over bytes and strings, no I/O. The attribute suffix depends only
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -58,22 +59,29 @@ def expired_cookie(name: str, attrs: str) -> bytes:
     return f'{name}=""; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{attrs}'.encode("latin-1")
 
 
+@functools.lru_cache(maxsize=16)
+def _cookie_pattern(prefix: bytes) -> re.Pattern[bytes]:
+    # The cookie's name=, at the start of the header or after a ';' and optional whitespace.
+    return re.compile(rb"(?:^|;)\s*" + re.escape(prefix) + rb"([^;]*)")
+
+
 def read_cookie(headers: Iterable[tuple[bytes, bytes]], prefix: bytes) -> str | None:
     """Return the value of the first cookie whose ``name=`` is ``prefix``, or ``None``.
 
     Reads every ``Cookie`` header; a value that is empty, too long or not ASCII counts as absent, so a
     hostile header can never raise here.
     """
+    pattern = _cookie_pattern(prefix)
     for header, value in headers:
-        if header != b"cookie" or prefix not in value:
+        if header != b"cookie":
             continue
-        for part in value.split(b";"):
-            part = part.strip()
-            if part.startswith(prefix):
-                raw = part[len(prefix) :]
-                if raw[:1] == b'"' and raw[-1:] == b'"' and len(raw) >= 2:
-                    raw = raw[1:-1]
-                if not raw or len(raw) > _MAX_COOKIE_VALUE or not raw.isascii():
-                    return None
-                return raw.decode("ascii")
+        match = pattern.search(value)
+        if match is None:
+            continue
+        raw = match.group(1).rstrip()
+        if raw[:1] == b'"' and raw[-1:] == b'"' and len(raw) >= 2:
+            raw = raw[1:-1]
+        if not raw or len(raw) > _MAX_COOKIE_VALUE or not raw.isascii():
+            return None
+        return raw.decode("ascii")
     return None

@@ -132,18 +132,14 @@ class SessionMiddleware:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    async def _load(self, session: Session) -> None:
-        """Load a session built from a well-formed cookie, opening the backend first if needed."""
-        if not self.backend.is_open:
-            await self._open_backend()
-        await session.load()
-
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         cookie = cookies.read_cookie(scope["headers"], self._cookie_prefix)
         session = Session(self.backend, cookie, self.config)
         if session.session_key is not None:  # a request without a (well-formed) cookie skips the store
             try:
-                await self._load(session)
+                if self.backend.state is not BackendState.OPEN:
+                    await self._open_backend()
+                await session.load()
             except Exception:
                 logger.exception("Could not load the session from %r; answering 503.", self.backend)
                 await _send_unavailable(send)
@@ -209,7 +205,9 @@ class SessionMiddleware:
         session = Session(self.backend, cookies.read_cookie(scope["headers"], self._cookie_prefix), self.config)
         try:
             if session.session_key is not None:
-                await self._load(session)
+                if self.backend.state is not BackendState.OPEN:
+                    await self._open_backend()
+                await session.load()
         except Exception:
             logger.exception("Could not load the session from %r; refusing the WebSocket.", self.backend)
             if "websocket.http.response" in (scope.get("extensions") or {}):

@@ -322,8 +322,12 @@ class Session(AsyncAccessors):
 
     def _cookie_lifetime(self) -> tuple[int, int] | None:
         """``(Max-Age, Expires as a Unix second)`` for the cookie set now; ``None`` for a browser-session cookie."""
-        self._check()
         custom = self._expiry
-        if expiry.expires_at_browser_close(custom, self._config.expire_at_browser_close):
+        if custom is None:  # the usual case, inlined: the configured age from now
+            if self._config.expire_at_browser_close:
+                return None
+            seconds = self._config.max_age
+            return seconds, int(expiry.timestamp() + seconds)
+        if custom == 0:
             return None
         return expiry.cookie_lifetime(custom, self._config.max_age)

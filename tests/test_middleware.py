@@ -327,6 +327,14 @@ async def test_set_expiry_zero_gives_a_browser_session_cookie(client: httpx.Asyn
     assert (await client.get("/view")).json() == {"session": {"expiry": "custom"}}
 
 
+async def test_custom_expiry_outranks_expire_at_browser_close(backend: SessionBackend, clock: Clock) -> None:
+    """With expire_at_browser_close configured, set_expiry(300) still gives a cookie of five minutes."""
+    async with client_for(make_app(backend, SessionConfig(expire_at_browser_close=True))) as client:
+        response = await client.post("/expiry/300")
+    expires = format_datetime(clock.current + timedelta(seconds=300), usegmt=True)
+    assert f"; Max-Age=300; Expires={expires};" in (set_cookie(response) or "")
+
+
 async def test_browser_rejected_configs_raise_improperly_configured() -> None:
     """__Host- and __Secure- names, SameSite=None and Partitioned without their requirements are refused."""
     bad: list[dict[str, Any]] = [

@@ -329,3 +329,19 @@ async def test_session_expires_after_its_custom_age(backend: SessionBackend, clo
     await let_expire(backend, clock, 1)
     expired = await reload(session)
     assert expired == {} and expired.session_key is None
+
+
+@pytest.mark.parametrize("browser_close", [False, True], ids=["default", "expire-at-browser-close"])
+def test_cookie_lifetime_agrees_with_the_expiry_getters(
+    backend: SessionBackend, clock: Clock, browser_close: bool
+) -> None:
+    """The middleware's (Max-Age, Expires) equal get_expiry_age() and get_expiry_date() in every case."""
+    session = Session(backend, config=SessionConfig(expire_at_browser_close=browser_close))
+    for value in (None, 0, 300, timedelta(seconds=20), clock.current + timedelta(seconds=30)):
+        session.set_expiry(value)
+        lifetime = session._cookie_lifetime()
+        if session.get_expire_at_browser_close():
+            assert lifetime is None
+        else:
+            expected = (session.get_expiry_age(), int(session.get_expiry_date().timestamp()))
+            assert lifetime == expected, value
