@@ -537,7 +537,7 @@ def _git_describe() -> str:
 
 def write_report(args: argparse.Namespace, argv: list[str], results: report.Results, variants: list[str]) -> str:
     body = report.markdown(results, variants)
-    charts = [] if args.no_charts else report.charts(results, variants, HERE, args.suffix)
+    charts = [] if args.no_charts else report.charts(results, variants, args.output.parent, args.suffix)
     warm_up = f" (a fresh server first gets {args.warmup} s of warm-up)" if args.warmup else ""
     method = (
         f"Each timed run is wrk for {args.duration} s with {args.connections} connections{warm_up}; /read and "
