@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from urllib.parse import urlsplit
 
 #: The table DatabaseBackend uses unless told otherwise.
@@ -42,3 +44,82 @@ async def clean_memcached(url: str) -> None:
         await client.flush_all()
     finally:
         await client.close()
+
+
+# -- private redis-server processes -----------------------------------------------------------------------
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A throw-away ``redis-server`` on 127.0.0.1 with extra arguments (passwords, ACL users, TLS).
+
+    Like ``tests/test_faults.py``'s server, but keeping nothing on disk (``--save '' --appendonly no``).
+    ``start()`` waits until the plain-text port answers (any reply: +PONG, or -NOAUTH with a password set).
+    """
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import socket
+        import time
+
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
+                *self.extra,
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64)[:1] in (b"+", b"-"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.directory / 'redis.log'}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

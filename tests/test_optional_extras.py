@@ -20,7 +20,6 @@ sys.meta_path.insert(0, _Block())
 
 CASES = [
     ("aiocache", "from asession.backends.cache import CacheBackend; CacheBackend('memory://')", "asession[cache]"),
-    ("redis", "from asession.backends.cache import CacheBackend; CacheBackend('redis://127.0.0.1')", "asession[redis]"),
     (
         "aiomcache",
         "from asession.backends.cache import CacheBackend; CacheBackend('memcached://127.0.0.1')",

@@ -1,9 +1,15 @@
-"""CacheBackend: sessions in an aiocache cache, in process memory, on Redis or on memcached.
+"""CacheBackend: sessions in a cache, in process memory, on Redis or on memcached.
 
 The cache keeps each session under ``asession:<sha256 of the key>`` with a TTL of the session's expiry
 age, so the store drops expired sessions by itself and :meth:`~CacheBackend.clear_expired` has nothing
 to do. Session data is the JSON text the base class produced, passed through untouched: never pickled,
 whatever serializer a user-supplied cache was built with.
+
+The backend talks to its cache through a small store interface (:class:`_Store`) with two
+implementations: :class:`_AiocacheStore` for ``memory://``, ``memcached://`` and any aiocache cache the
+user hands in, and :class:`_RedisStore` for ``redis://`` / ``rediss://`` URLs, which uses asession's own
+lean pipelined client (:mod:`asession.backends._redis`): redis-py under aiocache cost 40-90 µs of CPU per
+command, the lean client 3-13 µs (``benchmarks/REDIS_CLIENTS.md``).
 
 aiocache 0.12 ships no type information, so its objects stay ``Any`` inside this module.
 """
@@ -14,9 +20,11 @@ import asyncio
 import importlib
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from asession.backends import _redis
 from asession.backends._extras import require
 from asession.backends._urls import hide_password
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
@@ -27,7 +35,7 @@ __all__ = ["KEY_PREFIX", "CacheBackend"]
 #: Prefix of every key asession writes, so sessions are easy to find beside other cached data.
 KEY_PREFIX = "asession:"
 #: Seconds a Redis connection may take to open or to answer, unless the URL says otherwise.
-REDIS_SOCKET_TIMEOUT = 5.0
+REDIS_SOCKET_TIMEOUT = _redis.DEFAULT_TIMEOUT
 #: aiocache's own per-call timeout for memcached (aiomcache has no socket timeouts of its own).
 MEMCACHED_TIMEOUT = 5.0
 #: Connections per memcached server, unless the URL says ``?pool_size=N`` (aiocache defaults to 2).
@@ -36,7 +44,9 @@ MEMCACHED_POOL_SIZE = 10
 MEMCACHED_MAX_RELATIVE_TTL = 30 * 24 * 3600
 
 _SCHEMES = {"memory": "cache", "redis": "redis", "rediss": "redis", "memcached": "memcached"}
-_EXTRA_MODULES = {"cache": [], "redis": ["redis"], "memcached": ["aiomcache"]}
+#: The modules each extra's URLs import. Redis URLs use asession's own client (the standard library only);
+#: the ``redis`` extra still installs aiocache and redis-py for a RedisCache built by the user.
+_EXTRA_MODULES: dict[str, list[str]] = {"cache": ["aiocache"], "redis": [], "memcached": ["aiocache", "aiomcache"]}
 _OPEN_CHECK_KEY = KEY_PREFIX + "open-check"
 # What interrupts a cache call halfway: aiocache's timeout, or the request's task being cancelled.
 _INTERRUPTIONS = (asyncio.CancelledError, asyncio.TimeoutError)
@@ -60,31 +70,6 @@ class _TextSerializer:
 
 
 _SERIALIZER = _TextSerializer()
-
-
-def _redis_options(url: str) -> dict[str, Any]:
-    """Turn a ``redis://`` or ``rediss://`` URL into keyword arguments for aiocache's RedisCache.
-
-    redis-py parses the URL (password, username, ``rediss`` TLS and query options such as
-    ``ssl_cert_reqs``); everything aiocache does not take itself goes to the connection pool.
-    """
-    from redis.asyncio.connection import parse_url
-
-    path = urlsplit(url).path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"the path must be a database number such as /0, not /{path}")
-    pool: dict[str, Any] = dict(parse_url(url))
-    pool.pop("decode_responses", None)  # aiocache decodes values itself and needs bytes
-    pool.setdefault("socket_timeout", REDIS_SOCKET_TIMEOUT)
-    return {
-        "endpoint": pool.pop("host", "127.0.0.1"),
-        "port": pool.pop("port", 6379),
-        "db": pool.pop("db", 0),
-        "password": pool.pop("password", None),
-        "create_connection_timeout": pool.pop("socket_connect_timeout", REDIS_SOCKET_TIMEOUT),
-        "pool_max_size": pool.pop("max_connections", None),
-        "connection_pool_kwargs": pool,
-    }
 
 
 def _memcached_options(url: str) -> dict[str, Any]:
@@ -112,8 +97,149 @@ def _is_instance(cache: Any, module: str, class_name: str) -> bool:
     return isinstance(cache, cls)
 
 
+# -- stores --------------------------------------------------------------------------------------------------
+
+
+class _Store(Protocol):
+    """What CacheBackend needs of a cache. Keys are complete (prefix included); ``ttl`` is in seconds."""
+
+    def get(self, key: str) -> Awaitable[str | bytes | None]:
+        """The stored value, or ``None``."""
+
+    def set(self, key: str, payload: str, ttl: int) -> Awaitable[object]:
+        """Store ``payload``, replacing any value."""
+
+    def add(self, key: str, payload: str, ttl: int) -> Awaitable[bool]:
+        """Store ``payload`` only if ``key`` is free, atomically; ``False`` when it is taken."""
+
+    def exists(self, key: str) -> Awaitable[bool | int]:
+        """Whether ``key`` is stored."""
+
+    def delete(self, key: str) -> Awaitable[object]:
+        """Forget ``key``."""
+
+    async def check(self) -> None:
+        """Connect if needed and prove the cache answers; raise otherwise."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class _AiocacheStore:
+    """An aiocache cache: the in-process memory cache, memcached, or any cache the user hands in."""
+
+    def __init__(self, cache: Any, *, memcached: bool, redis: bool) -> None:
+        self.cache = cache
+        self._memcached = memcached
+        self._redis = redis
+
+    async def _after_interruption(self) -> None:
+        """Drop idle memcached connections after a call was cut short.
+
+        aiomcache puts a connection back in its pool even when the command on it was cancelled, with
+        the reply still unread; the next command on that connection would read the old reply. Its
+        pool only holds idle connections by now, including that one: closing them all is cheap and rare.
+        """
+        if self._memcached:
+            await self.cache.client.close()
+
+    async def get(self, key: str) -> str | bytes | None:
+        try:
+            value: str | bytes | None = await self.cache.get(key, loads_fn=_passthrough)
+        except UnicodeDecodeError as exc:  # a user-supplied cache that decodes values itself
+            security_logger.warning("CacheBackend: session data corrupted (%s); treated as empty.", exc)
+            return None
+        except _INTERRUPTIONS:
+            await self._after_interruption()
+            raise
+        return value
+
+    async def set(self, key: str, payload: str, ttl: int) -> None:
+        try:
+            if self._redis:
+                # aiocache's set() sends SETEX, which redis-py 8 deprecates; SET ... EX is the command
+                # Redis recommends, sent through aiocache's public raw().
+                await self.cache.raw("set", self.cache.build_key(key), payload, ex=ttl)
+            else:
+                await self.cache.set(key, payload, ttl=ttl, dumps_fn=_passthrough)
+        except _INTERRUPTIONS:
+            await self._after_interruption()
+            raise
+
+    async def add(self, key: str, payload: str, ttl: int) -> bool:
+        try:
+            # add() is one atomic command on every store (SET NX on Redis, add on memcached).
+            await self.cache.add(key, payload, ttl=ttl, dumps_fn=_passthrough)
+        except ValueError:  # aiocache's way of saying the key is taken
+            return False
+        except _INTERRUPTIONS:
+            await self._after_interruption()
+            raise
+        return True
+
+    async def exists(self, key: str) -> bool:
+        try:
+            return bool(await self.cache.exists(key))
+        except _INTERRUPTIONS:
+            await self._after_interruption()
+            raise
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.cache.delete(key)
+        except _INTERRUPTIONS:
+            await self._after_interruption()
+            raise
+
+    async def check(self) -> None:
+        await self.cache.exists(_OPEN_CHECK_KEY)
+
+    async def close(self) -> None:
+        aclose = getattr(getattr(self.cache, "client", None), "aclose", None)
+        if aclose is not None:
+            # redis-py >= 5: aiocache 0.12's close() calls the deprecated Redis.close() instead.
+            await aclose()
+        else:
+            await self.cache.close()
+
+
+class _RedisStore:
+    """Redis through :class:`asession.backends._redis.RedisClient`: one pipelined command per call.
+
+    The methods hand back the client's futures as they are, so a load or save runs no coroutine of its own.
+    """
+
+    def __init__(self, options: _redis.RedisOptions) -> None:
+        self.client = _redis.RedisClient(options)
+
+    def get(self, key: str) -> Awaitable[bytes | None]:
+        return self.client.get(key)
+
+    def set(self, key: str, payload: str, ttl: int) -> Awaitable[object]:
+        return self.client.set(key, payload, ttl)
+
+    async def add(self, key: str, payload: str, ttl: int) -> bool:
+        return await self.client.set(key, payload, ttl, nx=True) is not None
+
+    def exists(self, key: str) -> Awaitable[int]:
+        return self.client.exists(key)
+
+    def delete(self, key: str) -> Awaitable[int]:
+        return self.client.delete(key)
+
+    async def check(self) -> None:
+        await self.client.open()
+        await self.client.exists(_OPEN_CHECK_KEY)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+# -- the backend ---------------------------------------------------------------------------------------------
+
+
 class CacheBackend(SessionBackend):
-    """Store sessions in an aiocache cache: ``memory://``, ``redis://`` / ``rediss://`` or ``memcached://``.
+    """Store sessions in a cache: ``memory://``, ``redis://`` / ``rediss://``, ``memcached://``, or an aiocache cache.
 
     ``cache_or_url`` is either a URL, from which the backend builds its own cache when it opens, or an
     aiocache cache instance (``BaseCache``) the caller built. With a URL the backend owns its cache: it
@@ -123,15 +249,18 @@ class CacheBackend(SessionBackend):
     resource closes it.
 
     URLs: ``memory://`` (this process only; sessions survive close and reopen of the backend),
-    ``redis://[[user]:password@]host[:port][/db][?option=value]`` with redis-py's connection options
-    (``rediss://`` for TLS; sockets time out after 5 seconds unless ``socket_timeout`` /
-    ``socket_connect_timeout`` say otherwise), and ``memcached://host[:port][?pool_size=10]``.
+    ``redis://[[user]:password@]host[:port][/db][?option=value]`` (``rediss://`` for TLS), reached through
+    asession's own pipelined client with redis-py's URL options (``socket_timeout`` and
+    ``socket_connect_timeout``, 5 seconds by default, ``max_connections``, 4 by default, ``ssl_cert_reqs``,
+    ``ssl_ca_certs`` and the other ``ssl_*`` options: see :func:`asession.backends._redis.parse_url`), and
+    ``memcached://host[:port][?pool_size=10]`` through aiocache.
 
     Expired sessions vanish through the store's TTL. memcached keeps items of at most 1 MB by default,
     and evicts items under memory pressure, as any cache may: pair it with a database
     (``CachedDatabaseBackend``) when sessions must not be lost.
 
-    Needs the ``cache`` extra (aiocache), plus ``redis`` or ``memcached`` for those servers.
+    ``memory://`` and ``memcached://`` need the ``cache`` extra (aiocache), plus ``memcached`` for memcached;
+    Redis URLs need nothing beyond the standard library.
     """
 
     expires_by_itself = True
@@ -139,14 +268,14 @@ class CacheBackend(SessionBackend):
     def __init__(self, cache_or_url: object, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         super().__init__(max_size=max_size)
         self._url: str | None = None
-        self._options: dict[str, Any] = {}
-        self._cache: Any = None
+        self._options: Any = None
+        self._store: _Store | None = None
         if isinstance(cache_or_url, str):
             self._url = cache_or_url.removeprefix("cache+")
             self._scheme = self._parse(self._url)
             if self._scheme == "memory":
                 # Built once and kept, so the sessions outlive a close() and open() of the backend.
-                self._cache = self._build()
+                self._store = self._build()
         else:
             require("aiocache", "CacheBackend", "cache")
             from aiocache.base import BaseCache
@@ -156,13 +285,14 @@ class CacheBackend(SessionBackend):
                     f"CacheBackend takes an aiocache cache or a URL such as 'redis://127.0.0.1:6379/0', "
                     f"not {cache_or_url!r}."
                 )
-            self._cache = cache_or_url
             self._scheme = ""
+            self._store = _AiocacheStore(
+                cache_or_url,
+                memcached=_is_instance(cache_or_url, "aiocache.backends.memcached", "MemcachedBackend"),
+                redis=_is_instance(cache_or_url, "aiocache.backends.redis", "RedisBackend"),
+            )
         self._memcached = self._scheme == "memcached" or (
-            not self._url and _is_instance(self._cache, "aiocache.backends.memcached", "MemcachedBackend")
-        )
-        self._redis = self._scheme in ("redis", "rediss") or (
-            not self._url and _is_instance(self._cache, "aiocache.backends.redis", "RedisBackend")
+            isinstance(self._store, _AiocacheStore) and self._store._memcached
         )
 
     @classmethod
@@ -179,34 +309,37 @@ class CacheBackend(SessionBackend):
                 "'rediss://host:6380/0' or 'memcached://host:11211'."
             )
         extra = _SCHEMES[scheme]
-        require("aiocache", "CacheBackend", extra)
         for module in _EXTRA_MODULES[extra]:
-            require(module, "CacheBackend", extra, f" for {scheme}:// URLs")
+            require(module, "CacheBackend", extra, "" if module == "aiocache" else f" for {scheme}:// URLs")
         try:
             if extra == "redis":
-                self._options = _redis_options(url)
+                self._options = _redis.parse_url(url)
             elif extra == "memcached":
                 self._options = _memcached_options(url)
         except ValueError as exc:
             raise ImproperlyConfigured(f"CacheBackend cannot use {hide_password(url)!r}: {exc}.") from exc
         return scheme
 
-    def _build(self) -> Any:
-        """Create the aiocache cache this backend's URL describes (nothing connects yet)."""
+    def _build(self) -> _Store:
+        """Create the store this backend's URL describes (nothing connects yet)."""
         if self._scheme == "memory":
             from aiocache import SimpleMemoryCache
 
-            return SimpleMemoryCache(serializer=_SERIALIZER, timeout=None)
+            return _AiocacheStore(SimpleMemoryCache(serializer=_SERIALIZER, timeout=None), memcached=False, redis=False)
         if self._scheme == "memcached":
             from aiocache import MemcachedCache
 
-            return MemcachedCache(serializer=_SERIALIZER, timeout=MEMCACHED_TIMEOUT, **self._options)
-        from aiocache import RedisCache
+            cache = MemcachedCache(serializer=_SERIALIZER, timeout=MEMCACHED_TIMEOUT, **self._options)
+            return _AiocacheStore(cache, memcached=True, redis=False)
+        return _RedisStore(self._options)
 
-        # No aiocache timeout: redis-py's socket timeouts bound every call already, and aiocache's
-        # would wrap each call in asyncio.wait_for(), a task per call on the hot path.
-        options = {**self._options, "connection_pool_kwargs": dict(self._options["connection_pool_kwargs"])}
-        return RedisCache(serializer=_SERIALIZER, timeout=None, **options)
+    @property
+    def _cache(self) -> Any:
+        """The aiocache cache behind this backend, or the Redis client for Redis URLs (tests look inside)."""
+        store = self._store
+        if isinstance(store, _AiocacheStore):
+            return store.cache
+        return None if store is None else store.client  # type: ignore[attr-defined]
 
     def _describe(self) -> str:
         if self._url is not None:
@@ -216,13 +349,13 @@ class CacheBackend(SessionBackend):
     # -- life cycle ---------------------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        if self._cache is None:
-            self._cache = self._build()
+        if self._store is None:
+            self._store = self._build()
         try:
-            await self._cache.exists(_OPEN_CHECK_KEY)
+            await self._store.check()
         except Exception as exc:
             if self._url is not None:
-                await self._discard_cache()
+                await self._discard_store()
             # str(), not repr(): redis-py 8 exceptions repr as "network:ConnectionError" and nothing more.
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise BackendUnavailableError(
@@ -232,41 +365,16 @@ class CacheBackend(SessionBackend):
 
     async def _close(self) -> None:
         if self._url is not None:  # a cache handed to us is closed by whoever built it
-            await self._discard_cache()
+            await self._discard_store()
 
-    async def _discard_cache(self) -> None:
+    async def _discard_store(self) -> None:
         if self._scheme == "memory":
             return
-        cache, self._cache = self._cache, None
-        aclose = getattr(getattr(cache, "client", None), "aclose", None)
-        if aclose is not None:
-            # redis-py >= 5: aiocache 0.12's close() calls the deprecated Redis.close() instead.
-            await aclose()
-        else:
-            await cache.close()
-
-    async def _after_interruption(self) -> None:
-        """Drop idle memcached connections after a call was cut short.
-
-        aiomcache puts a connection back in its pool even when the command on it was cancelled, with
-        the reply still unread; the next command on that connection would read the old reply. Its
-        pool only holds idle connections by now, including that one: closing them all is cheap and rare.
-        """
-        if self._memcached and self._cache is not None:
-            await self._cache.client.close()
+        store, self._store = self._store, None
+        if store is not None:
+            await store.close()
 
     # -- storage ------------------------------------------------------------------------------------------
-
-    async def _load(self, skey: str) -> str | bytes | None:
-        try:
-            value: str | bytes | None = await self._cache.get(KEY_PREFIX + skey, loads_fn=_passthrough)
-        except UnicodeDecodeError as exc:  # a user-supplied cache that decodes values itself
-            security_logger.warning("CacheBackend: session data corrupted (%s); treated as empty.", exc)
-            return None
-        except _INTERRUPTIONS:
-            await self._after_interruption()
-            raise
-        return value
 
     def _ttl(self, expiry_age: int) -> int:
         if self._memcached and expiry_age > MEMCACHED_MAX_RELATIVE_TTL:
@@ -275,39 +383,21 @@ class CacheBackend(SessionBackend):
             return int(time.time()) + expiry_age
         return expiry_age
 
+    async def _load(self, skey: str) -> str | bytes | None:
+        return await self._store.get(KEY_PREFIX + skey)  # type: ignore[union-attr]  # open: never None
+
     async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None:
-        ttl = self._ttl(expiry_age)
-        try:
-            if not must_create:
-                if self._redis:
-                    # aiocache's set() sends SETEX, which redis-py 8 deprecates; SET ... EX is the
-                    # command Redis recommends, sent through aiocache's public raw().
-                    await self._cache.raw("set", self._cache.build_key(KEY_PREFIX + skey), payload, ex=ttl)
-                else:
-                    await self._cache.set(KEY_PREFIX + skey, payload, ttl=ttl, dumps_fn=_passthrough)
-                return
-            try:
-                # add() is one atomic command on every store (SET NX on Redis, add on memcached).
-                await self._cache.add(KEY_PREFIX + skey, payload, ttl=ttl, dumps_fn=_passthrough)
-            except ValueError as exc:  # aiocache's way of saying the key is taken
-                raise CreateError(f"A session with this key already exists in {self!r}.") from exc
-        except _INTERRUPTIONS:
-            await self._after_interruption()
-            raise
+        store: Any = self._store
+        if not must_create:
+            await store.set(KEY_PREFIX + skey, payload, self._ttl(expiry_age))
+        elif not await store.add(KEY_PREFIX + skey, payload, self._ttl(expiry_age)):
+            raise CreateError(f"A session with this key already exists in {self!r}.")
 
     async def _exists(self, skey: str) -> bool:
-        try:
-            return bool(await self._cache.exists(KEY_PREFIX + skey))
-        except _INTERRUPTIONS:
-            await self._after_interruption()
-            raise
+        return bool(await self._store.exists(KEY_PREFIX + skey))  # type: ignore[union-attr]
 
     async def _delete(self, skey: str) -> None:
-        try:
-            await self._cache.delete(KEY_PREFIX + skey)
-        except _INTERRUPTIONS:
-            await self._after_interruption()
-            raise
+        await self._store.delete(KEY_PREFIX + skey)  # type: ignore[union-attr]
 
     async def _clear_expired(self) -> int:
         return 0

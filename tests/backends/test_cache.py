@@ -16,7 +16,7 @@ from aiocache import MemcachedCache, RedisCache, SimpleMemoryCache
 from aiocache.serializers import PickleSerializer
 
 from asession import keys
-from asession.backends.base import SessionBackend
+from asession.backends.base import BackendState, SessionBackend
 from asession.backends.cache import KEY_PREFIX, MEMCACHED_MAX_RELATIVE_TTL, CacheBackend
 from asession.exceptions import BackendUnavailableError, ImproperlyConfigured
 
@@ -85,9 +85,7 @@ def test_object_that_is_not_a_cache_raises_improperly_configured(value: object) 
     ("hidden", "url", "hint"),
     [
         ("aiocache", "memory://", "asession[cache]"),
-        ("aiocache", "redis://127.0.0.1:6379/0", "asession[redis]"),
-        ("redis", "redis://127.0.0.1:6379/0", "asession[redis]"),
-        ("redis", "rediss://127.0.0.1:6380/0", "asession[redis]"),
+        ("aiocache", "memcached://127.0.0.1:11211", "asession[memcached]"),
         ("aiomcache", "memcached://127.0.0.1:11211", "asession[memcached]"),
     ],
 )
@@ -99,6 +97,14 @@ def test_missing_extra_raises_install_hint(monkeypatch: pytest.MonkeyPatch, hidd
     assert f"CacheBackend needs {hidden}" in str(info.value)
     assert f"pip install '{hint}'" in str(info.value)
     assert isinstance(info.value.__cause__, ImportError)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/0"])
+def test_redis_urls_need_neither_aiocache_nor_redis_py(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Redis URLs go through asession's own client: they build with aiocache and redis-py both missing."""
+    monkeypatch.setitem(sys.modules, "aiocache", None)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    assert repr(CacheBackend(url)) == f"<CacheBackend {url}>"
 
 
 # -- caches handed in by the user ----------------------------------------------------------------------------
@@ -124,6 +130,32 @@ async def test_user_supplied_pickle_cache_still_stores_json() -> None:
         await backend.save(key, {"v": [1, "a"]}, DAY)
         assert cache._cache[raw_key(key)] == '{"v":[1,"a"]}'
         assert await backend.load(key) == {"v": [1, "a"]}
+
+
+class Interrupting(SimpleMemoryCache):  # type: ignore[misc]  # aiocache is untyped
+    """A memory cache whose calls are cut short (a timeout), and whose values cannot be decoded."""
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    async def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise asyncio.TimeoutError
+
+    set = add = exists = delete = _fail
+
+
+async def test_user_supplied_cache_interrupted_and_undecodable() -> None:
+    """Interrupted calls surface as BackendUnavailableError; undecodable values load as empty sessions."""
+    cache = Interrupting()
+    backend = CacheBackend(cache)
+    backend._state = BackendState.OPEN  # its exists() check at open is interrupted too
+    key = keys.new_key()
+    assert await backend.load(key) is None
+    for call in (backend.save(key, {}, DAY), backend.save(key, {}, DAY, must_create=True), backend.exists(key)):
+        with pytest.raises(BackendUnavailableError, match="TimeoutError"):
+            await call
+    with pytest.raises(BackendUnavailableError):
+        await backend.delete(key)
 
 
 # -- Redis ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,650 @@
+"""asession's own Redis client (asession/backends/_redis.py) and CacheBackend over it.
+
+- URL options and TLS contexts, and the RESP2 reply parser fed in every possible cut.
+- A fake RESP server on 127.0.0.1 for what a real server will not do on demand: answer late, send garbage.
+- The shared test Redis for pipelining under concurrency.
+- Private ``redis-server`` processes for passwords, ACL users, TLS and a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from asession import keys
+from asession.backends import _redis, backend_from_url
+from asession.backends._redis import (
+    ProtocolError,
+    RedisClient,
+    RedisError,
+    RedisOptions,
+    parse_url,
+)
+from asession.backends.cache import KEY_PREFIX, CacheBackend
+from asession.exceptions import BackendUnavailableError, ImproperlyConfigured
+from tests.conftest import IN_CI
+from tests.servers import REDIS_SERVER, PrivateRedis, free_port
+
+DAY = 86400
+
+
+# -- URLs ----------------------------------------------------------------------------------------------------
+
+
+def test_parse_url_defaults() -> None:
+    """A bare URL means 127.0.0.1:6379, db 0, no password, 5-second timeouts, 4 connections, no TLS."""
+    options = parse_url("redis://")
+    assert options == RedisOptions()
+    assert (options.host, options.port, options.db, options.tls) == ("127.0.0.1", 6379, 0, False)
+    assert options.socket_timeout == options.socket_connect_timeout == 5.0
+    assert options.max_connections == _redis.DEFAULT_MAX_CONNECTIONS
+    assert options.ssl_context() is None
+
+
+def test_parse_url_reads_every_part() -> None:
+    """User, password (percent-decoded), host, port, db and the query options all land in the options."""
+    options = parse_url(
+        "rediss://app%40x:p%40ss%2Fw@cache.example:6380/3?socket_timeout=0.5&socket_connect_timeout=none"
+        "&socket_keepalive=yes&max_connections=2&client_name=web&ssl_cert_reqs=optional&ssl_check_hostname=false"
+        "&ssl_ca_certs=/ca.pem&ssl_ca_path=/cas&ssl_certfile=/c.pem&ssl_keyfile=/k.pem&ssl_password=pw"
+        "&ssl_ciphers=HIGH&ssl_min_version=771&ssl_include_verify_flags=VERIFY_X509_STRICT"
+        "&ssl_exclude_verify_flags=VERIFY_X509_PARTIAL_CHAIN,&retry_on_timeout=true&health_check_interval=10"
+        "&protocol=3&decode_responses=true"
+    )
+    assert (options.username, options.password) == ("app@x", "p@ss/w")
+    assert (options.host, options.port, options.db, options.tls) == ("cache.example", 6380, 3, True)
+    assert options.socket_timeout == 0.5 and options.socket_connect_timeout is None
+    assert options.socket_keepalive and options.max_connections == 2 and options.client_name == "web"
+    assert options.ssl_cert_reqs == ssl.CERT_OPTIONAL and not options.ssl_check_hostname
+    assert (options.ssl_ca_certs, options.ssl_ca_path, options.ssl_certfile, options.ssl_keyfile) == (
+        "/ca.pem",
+        "/cas",
+        "/c.pem",
+        "/k.pem",
+    )
+    assert (options.ssl_password, options.ssl_ciphers) == ("pw", "HIGH")
+    assert options.ssl_min_version == ssl.TLSVersion.TLSv1_2
+    assert options.ssl_include_verify_flags == (ssl.VerifyFlags.VERIFY_X509_STRICT,)
+    assert options.ssl_exclude_verify_flags == (ssl.VerifyFlags.VERIFY_X509_PARTIAL_CHAIN,)
+    assert "p@ss" not in repr(options)
+
+
+def test_parse_url_db_option_wins_over_path() -> None:
+    """``?db=N`` overrides the path, as in redis-py."""
+    assert parse_url("redis://h/1?db=7").db == 7
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1",
+        "redis://127.0.0.1:port/0",
+        "redis://127.0.0.1/zero",
+        "redis://127.0.0.1/0?socket_timeout=soon",
+        "redis://127.0.0.1/0?socket_timeout=-1",
+        "redis://127.0.0.1/0?socket_keepalive=maybe",
+        "redis://127.0.0.1/0?ssl_cert_reqs=sometimes",
+        "redis://127.0.0.1/0?ssl_include_verify_flags=VERIFY_NOTHING_SUCH",
+        "redis://127.0.0.1/0?max_connections=0",
+        "redis://127.0.0.1/0?no_such_option=1",
+    ],
+)
+def test_parse_url_rejects(url: str) -> None:
+    """Malformed URLs, values and unknown options are refused (CacheBackend turns that into ImproperlyConfigured)."""
+    with pytest.raises(ValueError):
+        parse_url(url)
+
+
+def test_cache_backend_reports_bad_redis_option_without_password() -> None:
+    with pytest.raises(ImproperlyConfigured, match="no_such_option") as info:
+        CacheBackend("redis://:s3cret@127.0.0.1/0?no_such_option=1")
+    assert "s3cret" not in str(info.value)
+
+
+def test_ssl_context_follows_the_options(tls_files: dict[str, Path]) -> None:
+    """Certificates are checked by default; ssl_cert_reqs=none turns off host names too; files are loaded."""
+    default = parse_url("rediss://h").ssl_context()
+    assert default is not None and default.verify_mode == ssl.CERT_REQUIRED and default.check_hostname
+    lax = parse_url("rediss://h?ssl_cert_reqs=none&ssl_ciphers=HIGH&ssl_min_version=772").ssl_context()
+    assert lax is not None and lax.verify_mode == ssl.CERT_NONE and not lax.check_hostname
+    assert lax.minimum_version == ssl.TLSVersion.TLSv1_3
+    cert, key = tls_files["cert"], tls_files["key"]
+    flags = "ssl_include_verify_flags=VERIFY_X509_STRICT&ssl_exclude_verify_flags=VERIFY_X509_TRUSTED_FIRST"
+    loaded = parse_url(f"rediss://h?ssl_ca_certs={cert}&ssl_certfile={cert}&ssl_keyfile={key}&{flags}").ssl_context()
+    assert loaded is not None and "localhost" in str(loaded.get_ca_certs())
+    assert loaded.verify_flags & ssl.VerifyFlags.VERIFY_X509_STRICT
+    assert not loaded.verify_flags & ssl.VerifyFlags.VERIFY_X509_TRUSTED_FIRST
+
+
+# -- the reply parser ------------------------------------------------------------------------------------------
+
+REPLIES: list[tuple[bytes, Any]] = [
+    (b"+OK\r\n", b"OK"),
+    (b":42\r\n", 42),
+    (b"$5\r\nhello\r\n", b"hello"),
+    (b"$0\r\n\r\n", b""),
+    (b"$-1\r\n", None),
+    (b"*-1\r\n", None),
+    (b"*3\r\n$1\r\na\r\n:1\r\n*1\r\n+x\r\n", [b"a", 1, [b"x"]]),
+]
+
+
+@pytest.mark.parametrize(("wire", "value"), REPLIES)
+def test_parse_every_cut(wire: bytes, value: Any) -> None:
+    """Each reply parses whole, and every proper prefix of it asks for more data."""
+    assert _redis._parse(wire, 0) == (value, len(wire))
+    assert _redis._parse(bytearray(b"junk" + wire), 4) == (value, len(wire) + 4)
+    for cut in range(len(wire)):
+        assert _redis._parse(wire[:cut], 0)[1] == _redis._INCOMPLETE
+
+
+def test_parse_error_reply_is_returned_not_raised() -> None:
+    error, end = _redis._parse(b"-ERR wrong type\r\n", 0)
+    assert isinstance(error, RedisError) and str(error) == "ERR wrong type" and end == 17
+
+
+@pytest.mark.parametrize("wire", [b"?huh\r\n", b"$x\r\n", b":1.5\r\n", b"*two\r\n"])
+def test_parse_garbage_raises_protocol_error(wire: bytes) -> None:
+    with pytest.raises(ProtocolError, match="malformed reply"):
+        _redis._parse(wire, 0)
+
+
+def test_command_encoding() -> None:
+    assert _redis._command(b"GET", b"k") == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+
+
+# -- a fake server ------------------------------------------------------------------------------------------------
+
+Handler = Callable[[list[bytes]], Awaitable[bytes | None]]
+
+
+async def _read_command(reader: asyncio.StreamReader) -> list[bytes] | None:
+    header = await reader.readline()
+    if not header:
+        return None
+    args = []
+    for _ in range(int(header[1:])):
+        size = int((await reader.readline())[1:])
+        args.append((await reader.readexactly(size + 2))[:-2])
+    return args
+
+
+class FakeRedis:
+    """Answers each command with ``handler(args)``'s bytes (``None``: no answer), one command at a time."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            while (command := await _read_command(reader)) is not None:
+                reply = await self.handler(command)
+                if reply is not None:
+                    writer.write(reply)
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+def echo_key_after(delays: dict[bytes, float]) -> Handler:
+    """GET key answers the key's name, after ``delays[key]`` seconds; anything else answers :0."""
+
+    async def handler(command: list[bytes]) -> bytes:
+        if command[0] == b"GET":
+            await asyncio.sleep(delays.get(command[1], 0))
+            return b"$%d\r\n%b\r\n" % (len(command[1]), command[1])
+        return b":0\r\n"
+
+    return handler
+
+
+@pytest.fixture
+async def fake_redis() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[str, FakeRedis]]]]:
+    servers: list[tuple[asyncio.Server, FakeRedis]] = []
+
+    async def start(handler: Handler) -> tuple[str, FakeRedis]:
+        fake = FakeRedis(handler)
+        server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
+        servers.append((server, fake))
+        return f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0", fake
+
+    yield start
+    for server, fake in servers:
+        server.close()
+        for task in fake.tasks:
+            task.cancel()
+        await asyncio.gather(*fake.tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def test_timed_out_command_poisons_no_later_reply(fake_redis: Any) -> None:
+    """A command that times out drops its connection; the late reply never reaches a later command."""
+    url, fake = await fake_redis(echo_key_after({b"slow": 0.3, b"queued": 0.3}))
+    client = RedisClient.from_url(url + "?socket_timeout=0.1&max_connections=1")
+    try:
+        await client.open()
+        slow, queued = client.get("slow"), client.get("queued")  # pipelined on the one connection
+        with pytest.raises(TimeoutError, match="no reply within 0.1 s"):
+            await slow
+        with pytest.raises(TimeoutError):
+            await queued  # it was in flight on the dropped connection: it fails, it is not answered wrongly
+        assert client.connection_count == 0
+        await asyncio.sleep(0.35)  # the late replies are sent to the dropped socket by now
+        assert await client.get("next") == b"next"
+        assert fake.connections == 2
+    finally:
+        await client.close()
+
+
+async def test_timeout_counts_from_the_last_reply(fake_redis: Any) -> None:
+    """The timer only fires on a connection that has been silent for socket_timeout while a command waits."""
+    url, _ = await fake_redis(echo_key_after({b"a": 0.1, b"b": 0.1}))
+    client = RedisClient.from_url(url + "?socket_timeout=0.2&max_connections=1")
+    try:
+        await client.open()
+        assert await client.get("a") == b"a"
+        await asyncio.sleep(0.07)
+        assert await client.get("b") == b"b"  # in flight when the first timer fires: re-armed, not failed
+        await asyncio.sleep(0.15)  # the re-armed timer finds nothing waiting
+        assert client.connection_count == 1
+    finally:
+        await client.close()
+
+
+async def test_cancelled_command_keeps_the_order(fake_redis: Any) -> None:
+    """A cancelled command's reply is read and dropped; the commands after it get their own replies."""
+    url, fake = await fake_redis(echo_key_after({b"first": 0.1}))
+    client = RedisClient.from_url(url + "?max_connections=1")
+    try:
+        await client.open()
+        first = asyncio.ensure_future(client.get("first"))
+        second = client.get("second")
+        await asyncio.sleep(0.02)
+        first.cancel()
+        assert await second == b"second"
+        assert await asyncio.gather(*(client.get(f"k{i}") for i in range(5))) == [b"k%d" % i for i in range(5)]
+        assert first.cancelled()
+        assert fake.connections == 1 and client.connection_count == 1
+    finally:
+        await client.close()
+
+
+async def test_cancelled_load_through_the_backend(fake_redis: Any) -> None:
+    """A request cancelled mid-load leaves the backend serving the next loads right."""
+    skey_of = {keys.new_key(): None for _ in range(3)}
+    first, *others = list(skey_of)
+
+    async def handler(command: list[bytes]) -> bytes:
+        if command[0] == b"GET":
+            if command[1] == (KEY_PREFIX + keys.storage_key(first)).encode():
+                await asyncio.sleep(0.1)
+            value = b'{"key":"%b"}' % command[1]
+            return b"$%d\r\n%b\r\n" % (len(value), value)
+        return b":0\r\n"
+
+    url, _ = await fake_redis(handler)
+    async with CacheBackend(url + "?max_connections=1") as backend:
+        task = asyncio.ensure_future(backend.load(first))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for key in others:
+            assert await backend.load(key) == {"key": KEY_PREFIX + keys.storage_key(key)}
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"-ERR unknown command\r\n", "RedisError: ERR unknown command"),
+        (b"?garbage\r\n", "ProtocolError: malformed reply"),
+    ],
+)
+async def test_error_and_garbage_replies_surface_as_backend_unavailable(
+    fake_redis: Any, reply: bytes, error: str
+) -> None:
+    """-ERR replies and malformed replies become BackendUnavailableError; the backend keeps working after."""
+    answers = iter([reply])
+
+    async def handler(command: list[bytes]) -> bytes:
+        if command[0] == b"GET":
+            return next(answers, b"$-1\r\n")
+        return b":0\r\n"
+
+    url, _ = await fake_redis(handler)
+    async with CacheBackend(url) as backend:
+        with pytest.raises(BackendUnavailableError, match=error):
+            await backend.load(keys.new_key())
+        assert await backend.load(keys.new_key()) is None
+
+
+async def test_reply_to_no_command_drops_the_connection(fake_redis: Any) -> None:
+    """A reply nobody asked for means the connection is out of step: it is dropped, the next command reconnects."""
+
+    async def handler(command: list[bytes]) -> bytes:
+        return b"$1\r\na\r\n$1\r\nb\r\n" if command[0] == b"GET" else b":0\r\n"
+
+    url, fake = await fake_redis(handler)
+    client = RedisClient.from_url(url)
+    try:
+        assert await client.get("k") == b"a"
+        for _ in range(100):
+            if client.connection_count == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert client.connection_count == 0
+        assert await client.exists("k") == 0
+        assert fake.connections == 2
+    finally:
+        await client.close()
+
+
+async def test_reply_split_across_reads() -> None:
+    """Replies cut anywhere by TCP are put back together (here: 997 bytes per write)."""
+    value = b"v" * 3000
+    handlers: list[asyncio.Task[Any]] = []
+
+    async def dribble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        while (command := await _read_command(reader)) is not None:
+            reply = b"$%d\r\n%b\r\n:7\r\n" % (len(value), value) if command[0] == b"GET" else b":0\r\n"
+            for index in range(0, len(reply), 997):
+                writer.write(reply[index : index + 997])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        writer.close()
+
+    server = await asyncio.start_server(dribble, "127.0.0.1", 0)
+    client = RedisClient.from_url(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        await client.open()
+        get, exists = client.get("k"), client.exists("k")  # pipelined: the :7 after the value is EXISTS' reply
+        assert await get == value
+        assert await exists == 7
+    finally:
+        await client.close()
+        await asyncio.gather(*handlers)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_connect_timeout(fake_redis: Any) -> None:
+    """A server that accepts but never answers AUTH/SELECT fails open() within socket_connect_timeout."""
+
+    async def silent(command: list[bytes]) -> None:
+        await asyncio.sleep(5)
+
+    url, _ = await fake_redis(silent)
+    backend = CacheBackend(url.replace("/0", "/2") + "?socket_connect_timeout=0.1&socket_timeout=none")
+    with pytest.raises(BackendUnavailableError, match="TimeoutError"):
+        await backend.open()
+
+
+async def test_client_closed_while_connecting_and_after(fake_redis: Any) -> None:
+    """close() stops a connection attempt: its waiter gets ConnectionError; a closed client sends nothing."""
+
+    async def slow_select(command: list[bytes]) -> bytes:
+        await asyncio.sleep(1)
+        return b"+OK\r\n"
+
+    url, _ = await fake_redis(slow_select)
+    client = RedisClient.from_url(url.replace("/0", "/1"))
+    opening = asyncio.ensure_future(client.open())
+    await asyncio.sleep(0.05)
+    await client.close()
+    with pytest.raises(ConnectionError, match="closed"):
+        await opening
+    with pytest.raises(ConnectionError, match="closed"):
+        await client.execute("PING")
+
+
+async def test_a_caller_cancelled_while_connecting_is_cancelled(fake_redis: Any) -> None:
+    """Cancelling a command waiting for the connection cancels that command only; the connection still opens."""
+
+    async def slow_select(command: list[bytes]) -> bytes:
+        if command[0] == b"SELECT":
+            await asyncio.sleep(0.1)
+        return b"+OK\r\n"
+
+    url, _ = await fake_redis(slow_select)
+    client = RedisClient.from_url(url.replace("/0", "/1"))
+    try:
+        waiting = asyncio.ensure_future(client.execute("PING"))
+        await asyncio.sleep(0.02)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await client.execute("PING") == b"OK"
+    finally:
+        await client.close()
+
+
+# -- the shared test Redis --------------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_concurrent_commands_each_get_their_own_reply(redis_backend: CacheBackend) -> None:
+    """200 concurrent saves then loads of distinct data, pipelined over a few connections, all come back right."""
+    sessions = {keys.new_key(): {"n": index, "pad": "x" * (index * 37 % 5000)} for index in range(200)}
+    await asyncio.gather(*(redis_backend.save(key, data, 60) for key, data in sessions.items()))
+    loaded = await asyncio.gather(*(redis_backend.load(key) for key in sessions))
+    assert loaded == list(sessions.values())
+    client = redis_backend._cache
+    assert isinstance(client, RedisClient)
+    assert 1 <= client.connection_count <= _redis.DEFAULT_MAX_CONNECTIONS
+
+
+@pytest.mark.redis
+async def test_client_commands_on_the_shared_redis(redis_url: str) -> None:
+    """execute(), SET NX, EXISTS and DEL with their replies; keepalive and client names are accepted."""
+    client = RedisClient.from_url(redis_url + "?socket_keepalive=true&client_name=asession-test")
+    key = KEY_PREFIX + "client-test-" + keys.new_key()
+    try:
+        await client.open()
+        assert await client.execute("CLIENT", "GETNAME") == b"asession-test"
+        assert await client.set(key, "a", 60, nx=True) == b"OK"
+        assert await client.set(key, b"b", 60, nx=True) is None
+        assert await client.get(key) == b"a"
+        assert await client.exists(key) == 1
+        assert await client.delete(key) == 1
+        assert await client.execute("EXISTS", key, 0) == 0
+        with pytest.raises(RedisError, match="wrong number of arguments"):
+            await client.execute("GET")
+    finally:
+        await client.close()
+
+
+@pytest.mark.redis
+async def test_backend_from_url_uses_the_lean_client(redis_url: str) -> None:
+    backend = backend_from_url(redis_url.replace("redis://", "redis://", 1))
+    async with backend:
+        assert isinstance(backend, CacheBackend) and isinstance(backend._cache, RedisClient)
+
+
+# -- private redis-server processes ---------------------------------------------------------------------------
+
+
+def _require(path: str | None, what: str) -> str:
+    if path is None or not os.access(path, os.X_OK):
+        reason = f"{what} is not installed; these tests start their own."
+        if IN_CI:
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, made by the openssl CLI."""
+    openssl = _require(shutil.which("openssl"), "openssl")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
+    return {"cert": cert, "key": key}
+
+
+@pytest.fixture(scope="module")
+def secured_redis(tmp_path_factory: pytest.TempPathFactory, tls_files: dict[str, Path]) -> Iterator[dict[str, Any]]:
+    """One private server with a password, an ACL user and a TLS port."""
+    _require(REDIS_SERVER, REDIS_SERVER)
+    tls_port = free_port()
+    server = PrivateRedis(
+        tmp_path_factory.mktemp("redis"),
+        "--requirepass", "pa ss:w@rd",
+        "--user", "sessions", "on", ">user-secret", "~asession:*", "+@all",
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(tls_files["cert"]),
+        "--tls-key-file", str(tls_files["key"]),
+        "--tls-ca-cert-file", str(tls_files["cert"]),
+        "--tls-auth-clients", "optional",
+    )  # fmt: skip
+    server.start()
+    try:
+        yield {"port": server.port, "tls_port": tls_port, **tls_files}
+    finally:
+        server.stop()
+
+
+async def _round_trip(url: str) -> None:
+    key = keys.new_key()
+    async with CacheBackend(url) as backend:
+        await backend.save(key, {"v": url}, 60)
+        assert await backend.load(key) == {"v": url}
+        assert await backend.exists(key)
+        await backend.delete(key)
+        assert await backend.load(key) is None
+
+
+@pytest.mark.redis
+async def test_password_and_acl_user(secured_redis: dict[str, Any]) -> None:
+    """The password (percent-encoded in the URL) and an ACL user with its password both authenticate."""
+    port = secured_redis["port"]
+    await _round_trip(f"redis://:{quote('pa ss:w@rd', safe='')}@127.0.0.1:{port}/0")
+    await _round_trip(f"redis://sessions:user-secret@127.0.0.1:{port}/1")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("credentials", [":wrong-s3cret@", "sessions:wrong-s3cret@", ""])
+async def test_wrong_or_missing_password_fails_at_open_hidden(secured_redis: dict[str, Any], credentials: str) -> None:
+    """A wrong password fails open() with BackendUnavailableError naming the URL, the password hidden."""
+    backend = CacheBackend(f"redis://{credentials}127.0.0.1:{secured_redis['port']}/3")
+    with pytest.raises(BackendUnavailableError, match="AuthenticationError|NOAUTH") as info:
+        await backend.open()
+    assert "s3cret" not in str(info.value)
+    assert f"127.0.0.1:{secured_redis['port']}/3" in str(info.value)
+    assert not backend.is_open
+
+
+@pytest.mark.redis
+async def test_db_numbers_isolate(secured_redis: dict[str, Any]) -> None:
+    """A session saved in db 4 is not in db 5."""
+    base = f"redis://sessions:user-secret@127.0.0.1:{secured_redis['port']}"
+    key = keys.new_key()
+    async with CacheBackend(f"{base}/4") as four, CacheBackend(f"{base}/5") as five:
+        await four.save(key, {"v": 4}, 60)
+        assert await five.load(key) is None
+        assert await four.load(key) == {"v": 4}
+
+
+@pytest.mark.redis
+async def test_tls(secured_redis: dict[str, Any]) -> None:
+    """rediss:// with the CA verifies the server (by IP or host name); ssl_cert_reqs=none skips it; client certs."""
+    auth = f"sessions:user-secret@127.0.0.1:{secured_redis['tls_port']}"
+    ca = f"ssl_ca_certs={secured_redis['cert']}"
+    await _round_trip(f"rediss://{auth}/0?{ca}")
+    await _round_trip(f"rediss://{auth.replace('127.0.0.1', 'localhost')}/0?{ca}&max_connections=1")
+    await _round_trip(f"rediss://{auth}/0?ssl_cert_reqs=none")
+    await _round_trip(f"rediss://{auth}/0?{ca}&ssl_certfile={secured_redis['cert']}&ssl_keyfile={secured_redis['key']}")
+    with pytest.raises(BackendUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
+        await CacheBackend(f"rediss://{auth}/0").open()
+    with pytest.raises(BackendUnavailableError, match="redis://sessions:\\*\\*\\*@"):
+        # plain text against the TLS port: the handshake never completes
+        await CacheBackend(f"redis://{auth}/0?socket_connect_timeout=0.3").open()
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    _require(REDIS_SERVER, REDIS_SERVER)
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+async def test_reconnects_after_a_server_restart(restartable_redis: PrivateRedis) -> None:
+    """Down: BackendUnavailableError. Restarted: at most one more failure, then every command works again."""
+    key = keys.new_key()
+    async with CacheBackend(f"redis://127.0.0.1:{restartable_redis.port}/0") as backend:
+        await backend.save(key, {"v": 1}, 60)
+        await asyncio.to_thread(restartable_redis.stop)
+        for _ in range(2):
+            with pytest.raises(BackendUnavailableError):
+                await backend.load(key)
+        await asyncio.to_thread(restartable_redis.start)
+        try:
+            await backend.load(key)
+        except BackendUnavailableError:
+            pass
+        await backend.save(key, {"v": 2}, 60)  # the server kept nothing on disk
+        assert await backend.load(key) == {"v": 2}
+
+
+@pytest.mark.redis
+async def test_password_sent_to_a_server_without_one_is_refused(restartable_redis: PrivateRedis) -> None:
+    """AUTH against a server with no password set fails at open, as redis-py's would."""
+    with pytest.raises(BackendUnavailableError, match="AuthenticationError"):
+        await CacheBackend(f"redis://:s3cret@127.0.0.1:{restartable_redis.port}/0").open()
+
+
+async def test_connection_refused_names_the_url_without_password() -> None:
+    """Nothing listening: BackendUnavailableError at open naming the URL, password hidden; then again per call."""
+    port = free_port()
+    backend = CacheBackend(f"redis://user:s3cret@127.0.0.1:{port}/2")
+    with pytest.raises(BackendUnavailableError) as info:
+        await backend.open()
+    message = str(info.value)
+    assert f"redis://user:***@127.0.0.1:{port}/2" in message and "s3cret" not in message
+    assert "Connect" in message or "refused" in message
