@@ -117,6 +117,15 @@ async def test_sqlite_missing_directory_raises_improperly_configured(tmp_path: P
     assert repr(str(tmp_path / "missing")) in str(info.value)
 
 
+async def test_sqlite_read_connection_is_read_only_and_memory_mapped(sqlite_backend: SessionBackend) -> None:
+    """The read connection refuses writes and maps the file into memory (cheap page-cache misses on big stores)."""
+    assert isinstance(sqlite_backend, DatabaseBackend) and isinstance(sqlite_backend.driver, SQLiteDriver)
+    reader = sqlite_backend.driver._reader
+    assert reader is not None
+    assert reader.execute("PRAGMA query_only").fetchall() == [(1,)]
+    assert reader.execute("PRAGMA mmap_size").fetchall() == [(256 * 1024 * 1024,)]
+
+
 async def test_sqlite_in_memory_database_works_without_a_reader() -> None:
     """':memory:' keeps sessions in one private connection, read through the write thread."""
     async with DatabaseBackend(":memory:") as backend:
