@@ -167,7 +167,7 @@ class SessionMiddleware:
                     if headers:
                         message["headers"] = _merge_headers(message.get("headers", ()), headers)
                 elif session.accessed:  # read only: nothing to save, but the response varies by cookie
-                    message["headers"] = _merge_headers(message.get("headers", ()), _VARY_ONLY)
+                    message["headers"] = _add_vary(message.get("headers", ()))
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
@@ -231,6 +231,16 @@ async def _send_unavailable(send: Send) -> None:
     # A fresh list each time: outer middleware may add headers to the message in place.
     await send({"type": "http.response.start", "status": 503, "headers": list(_UNAVAILABLE_HEADERS)})
     await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY, "more_body": False})
+
+
+def _add_vary(existing: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> Headers:
+    """The response headers plus ``Vary: Cookie``: the whole of what a session that was only read adds."""
+    for name, _ in existing:
+        if len(name) == 4 and name.lower() == b"vary":
+            return _merge_headers(existing, _VARY_ONLY)
+    merged = list(existing)
+    merged.append(_VARY)
+    return merged
 
 
 def _merge_headers(existing: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...], added: Headers) -> Headers:

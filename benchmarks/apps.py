@@ -17,6 +17,7 @@ for SQLite and files), ``BENCH_SQLITE_PATH``, ``BENCH_REDIS_URL``, ``BENCH_POSTG
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,34 @@ def _minimal_redis() -> list[Middleware]:
     return [Middleware(MinimalRedisSessionMiddleware, url=settings("BENCH_REDIS_URL"))]
 
 
+class BurnMiddleware:
+    """A calibration point, not a session layer: spends ``microseconds`` of pure CPU on every HTTP request.
+
+    It shows what a given amount of Python work per request costs in the server's ratio to the bare app,
+    so the session layers' ratios can be read as "about as costly as N µs of CPU". On the benchmark
+    machine a µs of CPU in the request path costs the server about two µs (fewer requests per event-loop
+    pass, more wake-ups on both sides of loopback; see PROFILE.md).
+    """
+
+    def __init__(self, app: ASGIApp, microseconds: float) -> None:
+        self.app = app
+        self.seconds = microseconds / 1e6
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            deadline = time.perf_counter() + self.seconds
+            while time.perf_counter() < deadline:
+                pass
+        await self.app(scope, receive, send)
+
+
+def _burn(microseconds: float) -> Callable[[], list[Middleware]]:
+    def build() -> list[Middleware]:
+        return [Middleware(BurnMiddleware, microseconds=microseconds)]
+
+    return build
+
+
 def _asession(make_backend: Callable[[], Any]) -> Callable[[], list[Middleware]]:
     def build() -> list[Middleware]:
         from asession import SessionMiddleware
@@ -283,6 +312,12 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
         Variant("bare", "bare Starlette (no sessions)", "ceiling", _bare, stateful=False),
+        Variant(
+            "burn-5us", "calibration: 5 µs of CPU per request, no sessions", "calibration", _burn(5), stateful=False
+        ),
+        Variant(
+            "burn-10us", "calibration: 10 µs of CPU per request, no sessions", "calibration", _burn(10), stateful=False
+        ),
         Variant("starlette", "Starlette SessionMiddleware", "peer", _starlette),
         Variant("starsessions-cookie", "starsessions CookieStore", "peer", _starsessions_cookie),
         Variant("starsessions-memory", "starsessions InMemoryStore", "peer", _starsessions_memory),
