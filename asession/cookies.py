@@ -71,14 +71,17 @@ def read_cookie(headers: Iterable[tuple[bytes, bytes]], prefix: bytes) -> str | 
     Reads every ``Cookie`` header; a value that is empty, too long or not ASCII counts as absent, so a
     hostile header can never raise here.
     """
-    pattern = _cookie_pattern(prefix)
     for header, value in headers:
         if header != b"cookie":
             continue
-        match = pattern.search(value)
-        if match is None:
-            continue
-        raw = match.group(1).rstrip()
+        if value.startswith(prefix):  # the usual case, the session cookie first: no regex needed
+            end = value.find(b";", len(prefix))
+            raw = (value[len(prefix) :] if end < 0 else value[len(prefix) : end]).rstrip()
+        else:
+            match = _cookie_pattern(prefix).search(value)
+            if match is None:
+                continue
+            raw = match.group(1).rstrip()
         if raw[:1] == b'"' and raw[-1:] == b'"' and len(raw) >= 2:
             raw = raw[1:-1]
         if not raw or len(raw) > _MAX_COOKIE_VALUE or not raw.isascii():

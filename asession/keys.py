@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import secrets
@@ -23,8 +22,18 @@ MIN_KEY_LENGTH = 8
 MAX_KEY_LENGTH = 64
 
 _VALID_KEY = re.compile(f"[a-z0-9]{{{MIN_KEY_LENGTH},{MAX_KEY_LENGTH}}}")
-#: Storage keys of the sessions seen last, so the load and the save of one request hash the key once.
-_STORAGE_KEY_CACHE_SIZE = 1024
+#: How many of the keys seen last are remembered as valid, with their storage key once computed, so that
+#: one request validates and hashes its key once although the middleware, the session and the backend
+#: each check it. Emptied whenever it is full: a forgotten key is simply checked again.
+_RECENT_SIZE = 1024
+_recent: dict[str, str | None] = {}
+
+
+def _remember(key: str, skey: str | None) -> None:
+    if len(_recent) >= _RECENT_SIZE:
+        _recent.clear()
+    _recent[key] = skey
+
 
 _KEY_SPACE = len(VALID_KEY_CHARS) ** KEY_LENGTH
 
@@ -47,15 +56,26 @@ def is_valid_key(key: object) -> bool:
     A valid key is a ``str`` of 8 to 64 characters, each one of ``[a-z0-9]``. Anything else (``../x``,
     NUL, unicode, whitespace) is refused before it can reach a file path or a query.
     """
+    if type(key) is str:  # exactly str: its hash and equality are str's own, so the memo can be trusted
+        if key in _recent:
+            return True
+        if _VALID_KEY.fullmatch(key) is None:
+            return False
+        _remember(key, None)
+        return True
     return isinstance(key, str) and _VALID_KEY.fullmatch(key) is not None
 
 
-@functools.lru_cache(maxsize=_STORAGE_KEY_CACHE_SIZE)
 def storage_key(key: str) -> str:
     """Return the SHA-256 hex digest under which a server-side store keeps the session ``key``.
 
     Stores never see the raw key, so a dump of the database, directory or cache holds no usable cookie.
-    The digests of the last 1024 keys are remembered (in this process only), so the load and the save
+    The digests of the keys seen last are remembered (in this process only), so the load and the save
     of one request hash the key once.
     """
-    return hashlib.sha256(key.encode("ascii")).hexdigest()
+    skey = _recent.get(key) if type(key) is str else None
+    if skey is None:
+        skey = hashlib.sha256(key.encode("ascii")).hexdigest()
+        if is_valid_key(key):  # only valid keys are remembered: the memo also answers is_valid_key()
+            _remember(key, skey)
+    return skey

@@ -225,7 +225,9 @@ class Session(AsyncAccessors):
         if data is None:
             self._session_key = None
         else:
-            self._expiry = expiry.parse_stored(data.pop(expiry.EXPIRY_KEY, None))
+            stored_expiry = data.pop(expiry.EXPIRY_KEY, None)
+            if stored_expiry is not None:
+                self._expiry = expiry.parse_stored(stored_expiry)
             dict.update(self, data)
         self._loaded = True
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from asession import keys
@@ -41,7 +43,38 @@ def test_is_valid_key_accepts_well_formed_keys(key: str) -> None:
 
 def test_storage_key_is_sha256_hex() -> None:
     """The storage key is the 64-character SHA-256 hex digest of the session key."""
-    import hashlib
-
     assert keys.storage_key("abcdefgh") == hashlib.sha256(b"abcdefgh").hexdigest()
     assert len(keys.storage_key(keys.new_key())) == 64
+
+
+def test_hashing_a_malformed_key_does_not_make_it_valid() -> None:
+    """storage_key() remembers only valid keys, since the memo also answers is_valid_key()."""
+    for key in ("abc", "ABCDEFGHIJ", "a" * 65):
+        assert keys.storage_key(key) == hashlib.sha256(key.encode()).hexdigest()
+        assert not keys.is_valid_key(key)
+
+
+def test_the_memo_of_recent_keys_stays_bounded() -> None:
+    """However many keys pass through, at most a fixed number are remembered, and all stay correct."""
+    seen = [keys.new_key() for _ in range(3 * keys._RECENT_SIZE)]
+    for key in seen:
+        assert keys.is_valid_key(key)
+        assert keys.storage_key(key) == hashlib.sha256(key.encode()).hexdigest()
+    assert len(keys._recent) <= keys._RECENT_SIZE
+    assert keys.storage_key(seen[0]) == hashlib.sha256(seen[0].encode()).hexdigest()
+
+
+def test_a_str_subclass_is_checked_by_its_characters_not_by_the_memo() -> None:
+    """A str subclass that claims equality with a remembered key is still validated character by character."""
+    remembered = keys.new_key()
+    assert keys.is_valid_key(remembered)
+
+    class Sneaky(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    impostor = Sneaky("../../etc/passwd")
+    assert not keys.is_valid_key(impostor)
+    assert keys.is_valid_key(Sneaky(remembered))
