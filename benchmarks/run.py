@@ -21,6 +21,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -355,21 +356,34 @@ class Runner:
                 have = size
                 keys = populate.write_keys_file(self.env.tmp / f"keys-{store}-{size}.txt", size)
                 extra = {"BENCH_SQLITE_PATH": str(target.path)} if store == "sqlite" else {}
-                before = self.wrk(bare_server, "/read", "none", warm_up=not self.results.scaling).rps
+                # As many repetitions as the main run has rounds, each between two bare runs; the
+                # medians are kept, since a single run on a shared machine can be off by 20 %.
+                points: list[report.ScalingPoint] = []
                 server = self.serve(variant, **extra)
                 try:
-                    result = self.wrk(server, "/read", "keys", keys_file=keys)
+                    for repetition in range(self.args.rounds):
+                        first = not self.results.scaling and not points
+                        before = self.wrk(bare_server, "/read", "none", warm_up=first).rps
+                        result = self.wrk(server, "/read", "keys", keys_file=keys, warm_up=repetition == 0)
+                        after = self.wrk(bare_server, "/read", "none", warm_up=False).rps
+                        if result.non2xx or not result.requests:
+                            raise RuntimeError(f"{result.non2xx} non-2xx answers at {size:,} sessions")
+                        points.append(
+                            report.ScalingPoint(
+                                result.rps, result.rps / ((before + after) / 2), result.cpu_us_per_request
+                            )
+                        )
                 finally:
                     h.stop(server.proc)
-                after = self.wrk(bare_server, "/read", "none", warm_up=False).rps
-                if result.non2xx or not result.requests:
-                    raise RuntimeError(f"{result.non2xx} non-2xx answers at {size:,} sessions")
+                cpu = [p.cpu_us for p in points if p.cpu_us is not None]
                 self.results.scaling[(store, size)] = report.ScalingPoint(
-                    result.rps, result.rps / ((before + after) / 2), result.cpu_us_per_request
+                    statistics.median(p.rps for p in points),
+                    statistics.median(p.ratio for p in points),
+                    statistics.median(cpu) if cpu else None,
                 )
                 self._advance(
-                    self._fill_cost(store, size) + 3 * self._run_cost(),
-                    f"scaling {store} {size:,}: {result.rps:.0f} req/s",
+                    self._fill_cost(store, size) + 3 * self.args.rounds * self._run_cost(),
+                    f"scaling {store} {size:,}: {self.results.scaling[(store, size)].rps:.0f} req/s",
                 )
             self.results.scaling_status[store] = "ok"
         except Exception as exc:
@@ -443,7 +457,10 @@ class Runner:
         return size * {"sqlite": 8e-6, "postgres": 1.2e-5, "redis": 1.5e-5}[store]
 
     def _scaling_cost(self, store: str) -> float:
-        return self._fill_cost(store, max(self.args.sizes)) + 3 * len(self.args.sizes) * self._run_cost()
+        return (
+            self._fill_cost(store, max(self.args.sizes))
+            + 3 * self.args.rounds * len(self.args.sizes) * self._run_cost()
+        )
 
     def estimate(self, variants: list[str], main: bool, scaling: bool) -> float:
         total = 0.0
