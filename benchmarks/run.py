@@ -1,6 +1,6 @@
 """The load benchmark: every session layer against the bare app, under uvicorn and wrk, in one command.
 
-    python -m benchmarks.run             # the full run (about 15 minutes), writes benchmarks/RESULTS.md
+    python -m benchmarks.run             # the full run (about 20 minutes), writes benchmarks/RESULTS.md
     python -m benchmarks.run --quick     # a smoke run (about 2 minutes), writes benchmarks/RESULTS-quick.md
 
 For each variant of ``benchmarks/apps.py``: start one uvicorn worker (uvloop, httptools, no access log)
