@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -123,3 +126,29 @@ class PrivateRedis:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def require_executable(path: str | None, what: str) -> str:
+    """``path`` if it is an executable; otherwise skip the test, or fail it under ``CI=true``."""
+    import pytest
+
+    from tests.conftest import IN_CI
+
+    if path is None or not os.access(path, os.X_OK):
+        reason = f"{what} is not installed; these tests start their own."
+        if IN_CI:
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@contextlib.contextmanager
+def running_redis(directory: Path, *extra: str) -> Iterator[PrivateRedis]:
+    """A started :class:`PrivateRedis` (skipping without redis-server), stopped when the block ends."""
+    require_executable(REDIS_SERVER, REDIS_SERVER)
+    server = PrivateRedis(directory, *extra)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -16,12 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import secrets
-import signal
-import socket
 import sqlite3
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -37,10 +33,7 @@ from asession import Session
 from asession.backends.base import SessionBackend
 from benchmarks import crash_file_backend as crash
 from tests.apps import client_for, counter_app
-from tests.conftest import IN_CI
-
-REDIS_SERVER = "/usr/bin/redis-server"
-
+from tests.servers import PrivateRedis, running_redis
 
 # -- helpers -----------------------------------------------------------------------------------------------
 
@@ -71,13 +64,6 @@ class Visitor:
         return [await self.count() for _ in range(times)]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name.startswith("asession") and r.levelno >= logging.ERROR]
 
@@ -85,81 +71,20 @@ def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 # -- (a) Redis stopped and restarted ---------------------------------------------------------------------
 
 
-class RedisServer:
-    """A private redis-server on 127.0.0.1:<port> that keeps its data in an append-only file in ``directory``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.directory),
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.directory / 'redis.log'}")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGTERM)  # a clean shutdown: the append-only file is flushed
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+#: Persistence on (later arguments override PrivateRedis's defaults): a restart must keep the sessions.
+PERSISTENT = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if not os.access(REDIS_SERVER, os.X_OK):
-        reason = f"{REDIS_SERVER} is not installed; the Redis fault test starts its own server."
-        if IN_CI:
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
+def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private redis-server keeping its data in an append-only file, synced on every write."""
+    with running_redis(tmp_path, *PERSISTENT) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.redis
 async def test_redis_stopped_answers_503_then_recovers_without_loss(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    redis_server: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With Redis stopped requests get 503 and an error is logged; once it is back they succeed, nothing lost."""
     from asession.backends.cache import CacheBackend
@@ -199,7 +124,7 @@ async def test_redis_stopped_answers_503_then_recovers_without_loss(
 
 
 @pytest.fixture
-async def cached_db_over_private_redis(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[SessionBackend]:
+async def cached_db_over_private_redis(redis_server: PrivateRedis, tmp_path: Path) -> AsyncIterator[SessionBackend]:
     """A CachedDatabaseBackend: SQLite in tmp_path, cached in the test's own Redis."""
     from asession.backends.cache import CacheBackend
     from asession.backends.cached_db import CachedDatabaseBackend
@@ -212,7 +137,7 @@ async def cached_db_over_private_redis(redis_server: RedisServer, tmp_path: Path
 
 @pytest.mark.redis
 async def test_cached_db_logout_while_cache_is_down_stays_logged_out(
-    cached_db_over_private_redis: SessionBackend, redis_server: RedisServer
+    cached_db_over_private_redis: SessionBackend, redis_server: PrivateRedis
 ) -> None:
     """A logout answered while the cache is down still ends the session once the cache is back."""
     backend = cached_db_over_private_redis
@@ -241,7 +166,7 @@ async def test_cached_db_logout_while_cache_is_down_stays_logged_out(
 
 @pytest.mark.redis
 async def test_cached_db_write_while_cache_is_down_is_not_shadowed(
-    cached_db_over_private_redis: SessionBackend, redis_server: RedisServer
+    cached_db_over_private_redis: SessionBackend, redis_server: PrivateRedis
 ) -> None:
     """A save answered 200 while the cache is down is what the session reads once the cache is back."""
     backend = cached_db_over_private_redis

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import ssl
 import subprocess
@@ -31,8 +30,7 @@ from asession.backends._redis import (
 )
 from asession.backends.cache import KEY_PREFIX, CacheBackend
 from asession.exceptions import BackendUnavailableError, ImproperlyConfigured
-from tests.conftest import IN_CI
-from tests.servers import REDIS_SERVER, PrivateRedis, free_port
+from tests.servers import REDIS_SERVER, PrivateRedis, free_port, require_executable, running_redis
 
 DAY = 86400
 
@@ -481,19 +479,10 @@ async def test_backend_from_url_uses_the_lean_client(redis_url: str) -> None:
 # -- private redis-server processes ---------------------------------------------------------------------------
 
 
-def _require(path: str | None, what: str) -> str:
-    if path is None or not os.access(path, os.X_OK):
-        reason = f"{what} is not installed; these tests start their own."
-        if IN_CI:
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A self-signed certificate for localhost and 127.0.0.1, made by the openssl CLI."""
-    openssl = _require(shutil.which("openssl"), "openssl")
+    openssl = require_executable(shutil.which("openssl"), "openssl")
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
@@ -526,7 +515,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def secured_redis(tmp_path_factory: pytest.TempPathFactory, tls_files: dict[str, Path]) -> Iterator[dict[str, Any]]:
     """One private server with a password, an ACL user and a TLS port."""
-    _require(REDIS_SERVER, REDIS_SERVER)
+    require_executable(REDIS_SERVER, REDIS_SERVER)
     tls_port = free_port()
     server = PrivateRedis(
         tmp_path_factory.mktemp("redis"),
@@ -604,13 +593,8 @@ async def test_tls(secured_redis: dict[str, Any]) -> None:
 
 @pytest.fixture
 def restartable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    _require(REDIS_SERVER, REDIS_SERVER)
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
+    with running_redis(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.redis
