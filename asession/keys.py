@@ -76,6 +76,8 @@ def storage_key(key: str) -> str:
     skey = _recent.get(key) if type(key) is str else None
     if skey is None:
         skey = hashlib.sha256(key.encode("ascii")).hexdigest()
-        if is_valid_key(key):  # only valid keys are remembered: the memo also answers is_valid_key()
-            _remember(key, skey)
+        # Only valid keys are remembered, since the memo also answers is_valid_key(); that call has
+        # just made room for this key, so the digest is stored beside it directly.
+        if is_valid_key(key) and type(key) is str:
+            _recent[key] = skey
     return skey

@@ -132,14 +132,18 @@ class SessionMiddleware:
 
     # -- requests -----------------------------------------------------------------------------------
 
+    async def _load(self, session: Session) -> None:
+        """Load a session built from a well-formed cookie, opening the backend first if needed."""
+        if not self.backend.is_open:
+            await self._open_backend()
+        await session.load()
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         cookie = cookies.read_cookie(scope["headers"], self._cookie_prefix)
         session = Session(self.backend, cookie, self.config)
         if session.session_key is not None:  # a request without a (well-formed) cookie skips the store
             try:
-                if self.backend.state is not BackendState.OPEN:
-                    await self._open_backend()
-                await session.load()
+                await self._load(session)
             except Exception:
                 logger.exception("Could not load the session from %r; answering 503.", self.backend)
                 await _send_unavailable(send)
@@ -167,7 +171,7 @@ class SessionMiddleware:
                     if headers:
                         message["headers"] = _merge_headers(message.get("headers", ()), headers)
                 elif session.accessed:  # read only: nothing to save, but the response varies by cookie
-                    message["headers"] = _add_vary(message.get("headers", ()))
+                    message["headers"] = _merge_headers(message.get("headers", ()), _VARY_ONLY)
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
@@ -205,9 +209,7 @@ class SessionMiddleware:
         session = Session(self.backend, cookies.read_cookie(scope["headers"], self._cookie_prefix), self.config)
         try:
             if session.session_key is not None:
-                if self.backend.state is not BackendState.OPEN:
-                    await self._open_backend()
-                await session.load()
+                await self._load(session)
         except Exception:
             logger.exception("Could not load the session from %r; refusing the WebSocket.", self.backend)
             if "websocket.http.response" in (scope.get("extensions") or {}):
@@ -231,16 +233,6 @@ async def _send_unavailable(send: Send) -> None:
     # A fresh list each time: outer middleware may add headers to the message in place.
     await send({"type": "http.response.start", "status": 503, "headers": list(_UNAVAILABLE_HEADERS)})
     await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY, "more_body": False})
-
-
-def _add_vary(existing: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> Headers:
-    """The response headers plus ``Vary: Cookie``: the whole of what a session that was only read adds."""
-    for name, _ in existing:
-        if len(name) == 4 and name.lower() == b"vary":
-            return _merge_headers(existing, _VARY_ONLY)
-    merged = list(existing)
-    merged.append(_VARY)
-    return merged
 
 
 def _merge_headers(existing: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...], added: Headers) -> Headers:

@@ -324,12 +324,6 @@ class Session(AsyncAccessors):
 
     def _cookie_lifetime(self) -> tuple[int, int] | None:
         """``(Max-Age, Expires as a Unix second)`` for the cookie set now; ``None`` for a browser-session cookie."""
-        custom = self._expiry
-        if custom is None:  # the usual case, inlined: the configured age from now
-            if self._config.expire_at_browser_close:
-                return None
-            seconds = self._config.max_age
-            return seconds, int(expiry.timestamp() + seconds)
-        if custom == 0:
+        if expiry.expires_at_browser_close(self._expiry, self._config.expire_at_browser_close):
             return None
-        return expiry.cookie_lifetime(custom, self._config.max_age)
+        return expiry.cookie_lifetime(self._expiry, self._config.max_age)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,29 +58,29 @@ class Results:
     def _in_round(self, variant: str, endpoint: str, rnd: int) -> list[Measurement]:
         return [m for m in self.measurements if m.variant == variant and m.endpoint == endpoint and m.round == rnd]
 
-    def ratios(self, variant: str, endpoint: str) -> list[float]:
-        """The variant's req/s over the bare app's in the same round (mean of the bare runs of that round)."""
+    def _per_round(
+        self, variant: str, endpoint: str, metric: Callable[[Measurement], float | None]
+    ) -> list[tuple[float, float]]:
+        """Per round: (the variant's mean ``metric``, the bare app's mean ``metric``), where both were measured."""
         out = []
         for rnd in range(self.rounds):
-            bare = [m.rps for m in self._in_round("bare", endpoint, rnd)]
-            mine = [m.rps for m in self._in_round(variant, endpoint, rnd)]
+            bare = [v for m in self._in_round("bare", endpoint, rnd) if (v := metric(m)) is not None]
+            mine = [v for m in self._in_round(variant, endpoint, rnd) if (v := metric(m)) is not None]
             if bare and mine:
-                out.append(statistics.mean(mine) / statistics.mean(bare))
+                out.append((statistics.mean(mine), statistics.mean(bare)))
         return out
+
+    def ratios(self, variant: str, endpoint: str) -> list[float]:
+        """The variant's req/s over the bare app's in the same round (mean of the bare runs of that round)."""
+        return [mine / bare for mine, bare in self._per_round(variant, endpoint, lambda m: m.rps)]
 
     def cpu_ratios(self, variant: str, endpoint: str) -> list[float]:
         """The bare app's server CPU time per request over the variant's, per round.
 
-        Less sensitive than req/s to other processes on a shared machine: a stolen time slice lowers
-        throughput but costs the server no CPU time.
+        Usually less sensitive than req/s to other processes on a shared machine: a stolen time slice
+        lowers throughput but costs the server no CPU time.
         """
-        out = []
-        for rnd in range(self.rounds):
-            bare = [m.cpu_us for m in self._in_round("bare", endpoint, rnd) if m.cpu_us]
-            mine = [m.cpu_us for m in self._in_round(variant, endpoint, rnd) if m.cpu_us]
-            if bare and mine:
-                out.append(statistics.mean(bare) / statistics.mean(mine))
-        return out
+        return [bare / mine for mine, bare in self._per_round(variant, endpoint, lambda m: m.cpu_us or None)]
 
     def of(self, variant: str, endpoint: str) -> list[Measurement]:
         return [m for m in self.measurements if m.variant == variant and m.endpoint == endpoint]
@@ -90,10 +90,7 @@ class Results:
         drift = []
         for rnd in range(self.rounds):
             for endpoint in ENDPOINTS:
-                runs = sorted(
-                    (m for m in self.measurements if m.variant == "bare" and m.endpoint == endpoint and m.round == rnd),
-                    key=lambda m: m.slot,
-                )
+                runs = sorted(self._in_round("bare", endpoint, rnd), key=lambda m: m.slot)
                 if len(runs) >= 2 and runs[0].rps:
                     drift.append(runs[-1].rps / runs[0].rps)
         return drift
@@ -133,7 +130,7 @@ def markdown(results: Results, variants: Sequence[str]) -> str:
         "",
         "### The same ratios by server CPU time per request (bare µs/request over the variant's)",
         "",
-        "Steadier than req/s when other processes share the machine; it leaves out time spent waiting for",
+        "Usually steadier than req/s when other processes share the machine; it leaves out time spent waiting for",
         "Redis, PostgreSQL or memcached, whose own CPU is not counted.",
         "",
         "| variant | /none | /read | /write |",

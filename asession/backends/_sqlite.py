@@ -132,8 +132,11 @@ class SQLiteDriver(Driver):
     @property
     def connection(self) -> aiosqlite.Connection:
         if self._connection is None:
-            raise BackendUnavailableError(f"The SQLite session database {self.path!r} is not open.")
+            raise self._not_open()
         return self._connection
+
+    def _not_open(self) -> BackendUnavailableError:
+        return BackendUnavailableError(f"The SQLite session database {self.path!r} is not open.")
 
     async def open(self) -> None:
         try:
@@ -203,7 +206,8 @@ class SQLiteDriver(Driver):
 
     async def _write(self, sql: str, parameters: tuple[Any, ...]) -> int:
         """Queue one statement for the next batch and return its row count once the batch committed."""
-        self.connection  # noqa: B018 - raises BackendUnavailableError when not open
+        if self._connection is None:  # nothing would ever start the batch
+            raise self._not_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         self._pending.append((sql, parameters, future))

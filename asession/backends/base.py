@@ -143,12 +143,11 @@ class SessionBackend(ABC):
         Returns ``None`` when the key is malformed, unknown or expired, and when the stored data is
         corrupt or over ``max_size`` (logged as a warning on ``asession.security``).
         """
-        if self._state is not BackendState.OPEN:
-            self._check_open()
+        self._check_open()
         if not self.accepts_key(key):
             return None
         try:
-            raw = await self._load(keys.storage_key(key) if self.hashes_keys else key)
+            raw = await self._load(self._storage_key(key))
         except SessionError:
             raise
         except Exception as exc:
@@ -190,12 +189,11 @@ class SessionBackend(ABC):
         JSON, :class:`SessionError` for a malformed key or data over ``max_size``; in each case nothing
         is written.
         """
-        if self._state is not BackendState.OPEN:
-            self._check_open()
+        self._check_open()
         if not self.accepts_key(key):
             raise SessionError(f"Refusing to store a session under the malformed key {key!r}.")
         payload = self._encode(data)
-        skey = keys.storage_key(key) if self.hashes_keys else key
+        skey = self._storage_key(key)
         try:
             if expiry_age <= 0:
                 await self._delete(skey)

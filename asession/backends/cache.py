@@ -103,6 +103,10 @@ def _is_instance(cache: Any, module: str, class_name: str) -> bool:
 class _Store(Protocol):
     """What CacheBackend needs of a cache. Keys are complete (prefix included); ``ttl`` is in seconds."""
 
+    @property
+    def inner(self) -> Any:
+        """The aiocache cache or Redis client underneath, for descriptions and tests."""
+
     def get(self, key: str) -> Awaitable[str | bytes | None]:
         """The stored value, or ``None``."""
 
@@ -133,63 +137,53 @@ class _AiocacheStore:
         self._memcached = memcached
         self._redis = redis
 
-    async def _after_interruption(self) -> None:
-        """Drop idle memcached connections after a call was cut short.
+    @property
+    def inner(self) -> Any:
+        return self.cache
+
+    async def _call(self, call: Awaitable[Any]) -> Any:
+        """Await one aiocache call; after one cut short, drop idle memcached connections.
 
         aiomcache puts a connection back in its pool even when the command on it was cancelled, with
         the reply still unread; the next command on that connection would read the old reply. Its
         pool only holds idle connections by now, including that one: closing them all is cheap and rare.
         """
-        if self._memcached:
-            await self.cache.client.close()
+        try:
+            return await call
+        except _INTERRUPTIONS:
+            if self._memcached:
+                await self.cache.client.close()
+            raise
 
     async def get(self, key: str) -> str | bytes | None:
         try:
-            value: str | bytes | None = await self.cache.get(key, loads_fn=_passthrough)
+            value: str | bytes | None = await self._call(self.cache.get(key, loads_fn=_passthrough))
         except UnicodeDecodeError as exc:  # a user-supplied cache that decodes values itself
             security_logger.warning("CacheBackend: session data corrupted (%s); treated as empty.", exc)
             return None
-        except _INTERRUPTIONS:
-            await self._after_interruption()
-            raise
         return value
 
     async def set(self, key: str, payload: str, ttl: int) -> None:
-        try:
-            if self._redis:
-                # aiocache's set() sends SETEX, which redis-py 8 deprecates; SET ... EX is the command
-                # Redis recommends, sent through aiocache's public raw().
-                await self.cache.raw("set", self.cache.build_key(key), payload, ex=ttl)
-            else:
-                await self.cache.set(key, payload, ttl=ttl, dumps_fn=_passthrough)
-        except _INTERRUPTIONS:
-            await self._after_interruption()
-            raise
+        if self._redis:
+            # aiocache's set() sends SETEX, which redis-py 8 deprecates; SET ... EX is the command Redis
+            # recommends, sent through aiocache's public raw().
+            await self._call(self.cache.raw("set", self.cache.build_key(key), payload, ex=ttl))
+        else:
+            await self._call(self.cache.set(key, payload, ttl=ttl, dumps_fn=_passthrough))
 
     async def add(self, key: str, payload: str, ttl: int) -> bool:
         try:
             # add() is one atomic command on every store (SET NX on Redis, add on memcached).
-            await self.cache.add(key, payload, ttl=ttl, dumps_fn=_passthrough)
+            await self._call(self.cache.add(key, payload, ttl=ttl, dumps_fn=_passthrough))
         except ValueError:  # aiocache's way of saying the key is taken
             return False
-        except _INTERRUPTIONS:
-            await self._after_interruption()
-            raise
         return True
 
     async def exists(self, key: str) -> bool:
-        try:
-            return bool(await self.cache.exists(key))
-        except _INTERRUPTIONS:
-            await self._after_interruption()
-            raise
+        return bool(await self._call(self.cache.exists(key)))
 
     async def delete(self, key: str) -> None:
-        try:
-            await self.cache.delete(key)
-        except _INTERRUPTIONS:
-            await self._after_interruption()
-            raise
+        await self._call(self.cache.delete(key))
 
     async def check(self) -> None:
         await self.cache.exists(_OPEN_CHECK_KEY)
@@ -211,6 +205,10 @@ class _RedisStore:
 
     def __init__(self, options: _redis.RedisOptions) -> None:
         self.client = _redis.RedisClient(options)
+
+    @property
+    def inner(self) -> Any:
+        return self.client
 
     def get(self, key: str) -> Awaitable[bytes | None]:
         return self.client.get(key)
@@ -336,10 +334,7 @@ class CacheBackend(SessionBackend):
     @property
     def _cache(self) -> Any:
         """The aiocache cache behind this backend, or the Redis client for Redis URLs (tests look inside)."""
-        store = self._store
-        if isinstance(store, _AiocacheStore):
-            return store.cache
-        return None if store is None else store.client  # type: ignore[attr-defined]
+        return None if self._store is None else self._store.inner
 
     def _describe(self) -> str:
         if self._url is not None:
@@ -387,10 +382,10 @@ class CacheBackend(SessionBackend):
         return await self._store.get(KEY_PREFIX + skey)  # type: ignore[union-attr]  # open: never None
 
     async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None:
-        store: Any = self._store
+        store = self._store  # never None while open, as in the other storage hooks
         if not must_create:
-            await store.set(KEY_PREFIX + skey, payload, self._ttl(expiry_age))
-        elif not await store.add(KEY_PREFIX + skey, payload, self._ttl(expiry_age)):
+            await store.set(KEY_PREFIX + skey, payload, self._ttl(expiry_age))  # type: ignore[union-attr]
+        elif not await store.add(KEY_PREFIX + skey, payload, self._ttl(expiry_age)):  # type: ignore[union-attr]
             raise CreateError(f"A session with this key already exists in {self!r}.")
 
     async def _exists(self, skey: str) -> bool:
