@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from asession.config import SessionConfig
-from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError
+from asession.exceptions import (
+    BackendUnavailableError,
+    CreateError,
+    ImproperlyConfigured,
+    SessionError,
+    UpdateError,
+)
 from asession.middleware import SessionMiddleware
 from asession.session import Session
 
@@ -17,5 +23,6 @@ __all__ = [
     "SessionConfig",
     "SessionError",
     "SessionMiddleware",
+    "UpdateError",
     "__version__",
 ]

@@ -10,6 +10,7 @@ from asession.exceptions import ImproperlyConfigured
 __all__ = [
     "DEFAULT_COOKIE_NAME",
     "DEFAULT_MAX_AGE",
+    "DEFAULT_STORE_TIMEOUT",
     "SameSite",
     "SessionConfig",
 ]
@@ -19,6 +20,8 @@ SameSite = Literal["lax", "strict", "none"]
 DEFAULT_COOKIE_NAME = "session"
 #: Two weeks, Django's ``SESSION_COOKIE_AGE``.
 DEFAULT_MAX_AGE = 60 * 60 * 24 * 7 * 2
+#: Seconds a request waits for the session store (open, load, save, delete) before answering 503.
+DEFAULT_STORE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class SessionConfig:
     cookie_httponly: bool = True
     cookie_samesite: SameSite | None = "lax"
     cookie_partitioned: bool = False
+    store_timeout: float | None = DEFAULT_STORE_TIMEOUT
 
     def __post_init__(self) -> None:
         if not self.cookie_name or any(c in self.cookie_name for c in ' \t\r\n;,="()<>@:\\/[]?{}'):
@@ -61,6 +65,13 @@ class SessionConfig:
             not self.cookie_domain or any(c in self.cookie_domain for c in "; \r\n")
         ):
             raise ImproperlyConfigured(f"cookie_domain {self.cookie_domain!r} is not a valid domain.")
+        timeout = self.store_timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")
+        ):
+            raise ImproperlyConfigured(
+                f"store_timeout must be a positive number of seconds or None, not {self.store_timeout!r}."
+            )
         self._check_browser_rules()
 
     def _check_browser_rules(self) -> None:

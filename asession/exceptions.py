@@ -5,6 +5,7 @@ The tree::
     SessionError                 base of everything asession raises on purpose
     ├── ImproperlyConfigured     a setting, path, URL or missing extra makes the setup unusable
     ├── CreateError              save(must_create=True) found the key already stored
+    ├── UpdateError              an update found no live session to merge into (logged out meanwhile)
     └── BackendUnavailableError  the storage server could not be reached or failed mid-call
 
 Data a visitor can tamper with (cookies, stored payloads) never raises: it is logged on the
@@ -13,7 +14,7 @@ Data a visitor can tamper with (cookies, stored payloads) never raises: it is lo
 
 from __future__ import annotations
 
-__all__ = ["BackendUnavailableError", "CreateError", "ImproperlyConfigured", "SessionError"]
+__all__ = ["BackendUnavailableError", "CreateError", "ImproperlyConfigured", "SessionError", "UpdateError"]
 
 
 class SessionError(Exception):
@@ -29,6 +30,15 @@ class CreateError(SessionError):
 
     Raised by ``save(key, ..., must_create=True)``; :meth:`Session.create` catches it and retries with a
     fresh key.
+    """
+
+
+class UpdateError(SessionError):
+    """No live session is stored under the key a save wanted to update; nothing was written.
+
+    A parallel request flushed or rotated the session, it was revoked, or it expired, after this request
+    loaded it. Saving it anyway would bring a logged-out session back, so the save is refused (Django's
+    ``SessionInterrupted``); the middleware answers 400 and expires the cookie.
     """
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MIN_KEY_LENGTH",
     "VALID_KEY_CHARS",
+    "ValidKey",
     "is_valid_key",
     "new_key",
     "storage_key",
@@ -22,19 +23,6 @@ MIN_KEY_LENGTH = 8
 MAX_KEY_LENGTH = 64
 
 _VALID_KEY = re.compile(f"[a-z0-9]{{{MIN_KEY_LENGTH},{MAX_KEY_LENGTH}}}")
-#: How many of the keys seen last are remembered as valid, with their storage key once computed, so that
-#: one request validates and hashes its key once although the middleware, the session and the backend
-#: each check it. Emptied whenever it is full: a forgotten key is simply checked again.
-_RECENT_SIZE = 1024
-_recent: dict[str, str | None] = {}
-
-
-def _remember(key: str, skey: str | None) -> None:
-    if len(_recent) >= _RECENT_SIZE:
-        _recent.clear()
-    _recent[key] = skey
-
-
 _KEY_SPACE = len(VALID_KEY_CHARS) ** KEY_LENGTH
 
 
@@ -56,13 +44,6 @@ def is_valid_key(key: object) -> bool:
     A valid key is a ``str`` of 8 to 64 characters, each one of ``[a-z0-9]``. Anything else (``../x``,
     NUL, unicode, whitespace) is refused before it can reach a file path or a query.
     """
-    if type(key) is str:  # exactly str: its hash and equality are str's own, so the memo can be trusted
-        if key in _recent:
-            return True
-        if _VALID_KEY.fullmatch(key) is None:
-            return False
-        _remember(key, None)
-        return True
     return isinstance(key, str) and _VALID_KEY.fullmatch(key) is not None
 
 
@@ -70,14 +51,25 @@ def storage_key(key: str) -> str:
     """Return the SHA-256 hex digest under which a server-side store keeps the session ``key``.
 
     Stores never see the raw key, so a dump of the database, directory or cache holds no usable cookie.
-    The digests of the keys seen last are remembered (in this process only), so the load and the save
-    of one request hash the key once.
     """
-    skey = _recent.get(key) if type(key) is str else None
-    if skey is None:
-        skey = hashlib.sha256(key.encode("ascii")).hexdigest()
-        # Only valid keys are remembered, since the memo also answers is_valid_key(); that call has
-        # just made room for this key, so the digest is stored beside it directly.
-        if is_valid_key(key) and type(key) is str:
-            _recent[key] = skey
-    return skey
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+class ValidKey:
+    """A session key checked once, at the edge, with the storage key its backend keeps it under.
+
+    Built by :meth:`SessionBackend.valid_key <asession.backends.base.SessionBackend.valid_key>` when a
+    request's cookie is read; the session and the backend then trust it instead of validating and hashing
+    the key again on every call. ``raw`` is the cookie's value, ``skey`` the storage key, ``hashed``
+    whether ``skey`` is the SHA-256 of ``raw`` (server-side stores) or ``raw`` itself (signed cookies).
+    """
+
+    __slots__ = ("raw", "skey", "hashed")
+
+    def __init__(self, raw: str, skey: str, hashed: bool) -> None:
+        self.raw = raw
+        self.skey = skey
+        self.hashed = hashed
+
+    def __repr__(self) -> str:
+        return f"ValidKey({self.raw!r})"

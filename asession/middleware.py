@@ -16,7 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asession import cookies
 from asession.backends.base import BackendState, SessionBackend
 from asession.config import SessionConfig
-from asession.exceptions import BackendUnavailableError, SessionError
+from asession.deadline import bounded
+from asession.exceptions import BackendUnavailableError, SessionError, UpdateError
+from asession.failure_log import FailureLog
 from asession.session import Session
 
 __all__ = ["DEFAULT_SQLITE_PATH", "SessionMiddleware"]
@@ -35,6 +37,10 @@ _UNAVAILABLE_HEADERS: Headers = [
     (b"retry-after", b"5"),
     (b"cache-control", b"no-store"),
 ]
+_INTERRUPTED_BODY = (
+    b"Bad Request: this session ended while the request was running (signed out in another tab, for example). "
+    b"Nothing was saved; please sign in or start again."
+)
 _VARY = (b"vary", b"Cookie")
 _VARY_ONLY: Headers = [_VARY]
 
@@ -43,12 +49,14 @@ class SessionMiddleware:
     """Attach a :class:`~asession.Session` to every HTTP and WebSocket request.
 
     ``backend`` defaults to SQLite in ``./sessions.sqlite3``. A backend handed over unopened is opened
-    on ASGI lifespan startup (or on the first request that needs it when the server runs no lifespan)
-    and closed on shutdown; a backend the caller opened is left for the caller to close.
+    on ASGI lifespan startup (or by the first request when the server runs no lifespan) and closed on
+    shutdown; a backend the caller opened is left for the caller to close.
 
     The session is saved when the app starts its response, if it was modified (or always with
-    ``save_every_request``) and the status is below 500. A store that fails to load or save answers
-    503 and is logged with its traceback on ``asession.middleware``. Data the store refuses because of
+    ``save_every_request``) and the status is below 500. Every store call is bounded by
+    ``config.store_timeout``. A store that fails or times out on load or save answers 503; the first
+    failure of a burst is logged with its traceback on ``asession.middleware``, the others within
+    10 s are counted into the next message (:mod:`asession.failure_log`). Data the store refuses because of
     what the app put in the session (``TypeError`` for values JSON cannot carry, :class:`SessionError`
     for a session over the size limit) is a bug in the app: it propagates like any exception raised by
     the app, and nothing is written.
@@ -68,6 +76,7 @@ class SessionMiddleware:
         # when the lifespan starts again.
         self._owns_backend = False
         self._open_lock = asyncio.Lock()
+        self._failures = FailureLog(logger)
         self._save_every_request = self.config.save_every_request
         self._cookie_name = self.config.cookie_name
         self._cookie_prefix = f"{self.config.cookie_name}=".encode("latin-1")
@@ -91,7 +100,7 @@ class SessionMiddleware:
         async with self._open_lock:
             state = self.backend.state
             if state is BackendState.UNOPENED or (state is BackendState.CLOSED and self._owns_backend):
-                await self.backend.open()
+                await bounded(self.backend.open(), self.config.store_timeout, self.backend)
                 self._owns_backend = True
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,22 +141,37 @@ class SessionMiddleware:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    async def _load(self, session: Session) -> None:
-        """Load a session built from a well-formed cookie, opening the backend first if needed."""
-        if not self.backend.is_open:
-            await self._open_backend()
-        await session.load()
+    async def _prepare(self, session: Session, what: str) -> bool:
+        """Open the backend if nobody has (no lifespan) and load the session; ``False`` when the store failed.
+
+        A request without a cookie needs the backend only if the app calls the store, so a failure to
+        open it is logged and the request goes on; with a cookie it means a 503.
+        """
+        try:
+            if not self.backend.is_open:
+                await self._open_backend()
+            if session.session_key is None:
+                return True
+            await session.load()
+        except Exception as exc:
+            if session.session_key is None:
+                self._failures.failure("Could not open %r; the request goes on without it.", self.backend, exc=exc)
+                return True
+            self._failures.failure("Could not load the session from %r; %s.", self.backend, what, exc=exc)
+            return False
+        if self._failures.failing:
+            self._failures.recovered(self.backend)
+        return True
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         cookie = cookies.read_cookie(scope["headers"], self._cookie_prefix)
         session = Session(self.backend, cookie, self.config)
-        if session.session_key is not None:  # a request without a (well-formed) cookie skips the store
-            try:
-                await self._load(session)
-            except Exception:
-                logger.exception("Could not load the session from %r; answering 503.", self.backend)
-                await _send_unavailable(send)
-                return
+        # A request without a (well-formed) cookie skips the store, once the backend is open.
+        if (session.session_key is not None or not self.backend.is_open) and not await self._prepare(
+            session, "answering 503"
+        ):
+            await _send_unavailable(send)
+            return
         scope["session"] = session
         had_cookie = cookie is not None
         save_every_request = self._save_every_request
@@ -158,16 +182,29 @@ class SessionMiddleware:
             if replaced:
                 return  # the app's response was replaced by a 503; drop the rest of it
             if message["type"] == "http.response.start":
-                if session.modified or save_every_request:
+                if session.modified or save_every_request or session.detect_changes():
                     try:
                         headers = await self._commit(session, had_cookie, message["status"])
+                    except UpdateError:
+                        # Saving would bring back a session that a parallel request ended: Django's
+                        # SessionInterrupted. The visitor gets a 400 and loses the cookie; nothing is written.
+                        logger.info(
+                            "The session ended during the request (flushed, rotated or revoked); answering 400."
+                        )
+                        replaced = True
+                        await self._send_interrupted(send)
+                        return
                     except Exception as exc:
                         if not _is_store_failure(exc):
                             raise
-                        logger.exception("Could not save the session to %r; answering 503.", self.backend)
+                        self._failures.failure(
+                            "Could not save the session to %r; answering 503.", self.backend, exc=exc
+                        )
                         replaced = True
                         await _send_unavailable(send)
                         return
+                    if self._failures.failing:
+                        self._failures.recovered(self.backend)
                     if headers:
                         message["headers"] = _merge_headers(message.get("headers", ()), headers)
                 elif session.accessed:  # read only: nothing to save, but the response varies by cookie
@@ -196,22 +233,31 @@ class SessionMiddleware:
             headers.append((b"set-cookie", self._session_cookie(session)))
         return headers
 
+    async def _send_interrupted(self, send: Send) -> None:
+        headers: Headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(_INTERRUPTED_BODY)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"set-cookie", self._expired_cookie),
+            _VARY,
+        ]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": _INTERRUPTED_BODY, "more_body": False})
+
     def _session_cookie(self, session: Session) -> bytes:
         key = session.session_key
         if key is None:  # pragma: no cover - save() always leaves a key
             raise SessionError("The session has no key after saving.")
-        lifetime = session._cookie_lifetime()  # the package's own, not public API
+        lifetime = session.cookie_lifetime()
         if lifetime is None:
             return cookies.session_cookie(self._cookie_name, key, self._cookie_attrs, None, None)
         return cookies.session_cookie(self._cookie_name, key, self._cookie_attrs, *lifetime)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = Session(self.backend, cookies.read_cookie(scope["headers"], self._cookie_prefix), self.config)
-        try:
-            if session.session_key is not None:
-                await self._load(session)
-        except Exception:
-            logger.exception("Could not load the session from %r; refusing the WebSocket.", self.backend)
+        if (session.session_key is not None or not self.backend.is_open) and not await self._prepare(
+            session, "refusing the WebSocket"
+        ):
             if "websocket.http.response" in (scope.get("extensions") or {}):
                 await send(
                     {"type": "websocket.http.response.start", "status": 503, "headers": list(_UNAVAILABLE_HEADERS)}

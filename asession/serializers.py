@@ -12,7 +12,7 @@ import json.encoder
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "dumps_value", "loads"]
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _decoder = json.JSONDecoder()
@@ -58,6 +58,19 @@ def dumps(data: Mapping[str, Any]) -> str:
         return _encoder.encode(data)
     except (TypeError, ValueError) as exc:
         raise TypeError(_describe_failure(data, exc)) from exc
+
+
+def dumps_value(value: Any) -> str:
+    """Serialize one session value (a nested list or dict) to compact JSON text; ``TypeError`` if it cannot be."""
+    if _fast_encoder is not None:
+        try:
+            return "".join(_fast_encoder(value, 0))
+        except (TypeError, ValueError, RecursionError):
+            pass
+    try:
+        return _encoder.encode(value)
+    except ValueError as exc:
+        raise TypeError(str(exc)) from exc
 
 
 def _describe_failure(data: Mapping[str, Any], exc: Exception) -> str:

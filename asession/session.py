@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from asession import expiry
+from asession import expiry, serializers
 from asession._async_accessors import _MISSING, AsyncAccessors
+from asession.changes import Changes
 from asession.config import SessionConfig
+from asession.deadline import bounded
 from asession.exceptions import SessionError
+from asession.keys import ValidKey
 
 if TYPE_CHECKING:
     from asession.backends.base import SessionBackend
@@ -30,9 +33,30 @@ class Session(AsyncAccessors):
     A session created with a key must be loaded (``await session.load()``) before its mapping is
     touched, or :class:`SessionError` is raised. A malformed key is dropped at construction, and a
     well-formed key that is not stored loads as an empty session; both get a fresh key on save.
+
+    The session records which top-level keys it set, deleted, or handed out as nested lists and dicts
+    (with their JSON as loaded, to notice a change made in place). Saving a session loaded from the
+    store writes only those keys, merged into what is stored now (:meth:`SessionBackend.update`), so
+    parallel requests of one session keep each other's changes; :meth:`clear` replaces the whole stored
+    mapping. Saving a session that is no longer stored raises :class:`~asession.exceptions.UpdateError`.
     """
 
-    __slots__ = ("_backend", "_config", "_session_key", "_loaded", "_expiry", "modified", "accessed")
+    __slots__ = (
+        "_backend",
+        "_config",
+        "_key",
+        "_loaded",
+        "_stored",
+        "_expiry",
+        "_expiry_changed",
+        "_changed",
+        "_removed",
+        "_replace",
+        "_marked",
+        "_snapshots",
+        "modified",
+        "accessed",
+    )
 
     def __init__(
         self, backend: SessionBackend, session_key: str | None = None, config: SessionConfig | None = None
@@ -40,20 +64,33 @@ class Session(AsyncAccessors):
         # No dict.__init__(): dict.__new__ already made the empty mapping.
         self._backend = backend
         self._config = config if config is not None else _DEFAULT_CONFIG
-        if session_key is not None and not backend.accepts_key(session_key):
-            session_key = None
-        self._session_key: str | None = session_key
-        self._loaded = session_key is None
+        # The cookie's key is checked (and hashed) here, once: the backend trusts the ValidKey it made.
+        self._key: ValidKey | None = None if session_key is None else backend.valid_key(session_key)
+        self._loaded = self._key is None
+        #: Whether a record of this session is in the store, so that a save updates it.
+        self._stored = False
         self._expiry: expiry.CustomExpiry = None
+        self._reset_changes()
         self.modified = False
         self.accessed = False
+
+    def _reset_changes(self) -> None:
+        self._expiry_changed = False
+        #: Keys set since the last load or save; keys deleted; whether clear() replaced the whole mapping.
+        self._changed: set[str] | None = None
+        self._removed: set[str] | None = None
+        self._replace = False
+        self._marked = False
+        #: The JSON of each nested list or dict as handed out, to detect changes made in place.
+        self._snapshots: dict[str, str] | None = None
 
     # -- identity -----------------------------------------------------------------------------------
 
     @property
     def session_key(self) -> str | None:
         """The key stored in the cookie; ``None`` until the session is saved."""
-        return self._session_key
+        key = self._key
+        return None if key is None else key.raw
 
     @property
     def backend(self) -> SessionBackend:
@@ -75,9 +112,73 @@ class Session(AsyncAccessors):
         self.accessed = True
 
     def mark_modified(self) -> None:
-        """Record a change made in place to a nested value, so the middleware saves the session."""
+        """Record a change made in place to a nested value, so the middleware saves the session.
+
+        Changes made in place to values read through the mapping's methods are found without this call.
+        For values reached otherwise (``dict(session)``, ``json.dumps``), it makes the next save write every
+        key the session holds.
+        """
         self.accessed = True
         self.modified = True
+        self._marked = True
+
+    def detect_changes(self) -> bool:
+        """Whether a nested value handed out by this session was changed in place since; sets ``modified`` if so.
+
+        The middleware calls it to save such a change although nothing set ``modified``.
+        """
+        if self._snapshots is None or not self._changed_in_place():
+            return False
+        self.modified = True
+        return True
+
+    def _changed_in_place(self) -> list[str]:
+        snapshots = self._snapshots
+        if not snapshots:
+            return []
+        changed = self._changed or ()
+        found = []
+        for key, before in snapshots.items():
+            if key in changed or not dict.__contains__(self, key):
+                continue
+            try:
+                if serializers.dumps_value(dict.__getitem__(self, key)) == before:
+                    continue
+            except TypeError:
+                pass  # it holds something JSON cannot carry now: save it, to raise the TypeError naming the key
+            found.append(key)
+        return found
+
+    def _watch(self, key: str, value: Any) -> None:
+        """Remember the JSON of a nested value handed out, unless this request has replaced it already."""
+        snapshots = self._snapshots
+        if snapshots is None:
+            snapshots = self._snapshots = {}
+        elif key in snapshots:
+            return
+        if self._changed is None or key not in self._changed:
+            try:
+                snapshots[key] = serializers.dumps_value(value)
+            except TypeError:
+                pass  # set by this request in a form JSON cannot carry: save() names it
+
+    def _set(self, key: str) -> None:
+        changed = self._changed
+        if changed is None:
+            self._changed = {key}
+        else:
+            changed.add(key)
+        if self._removed is not None:
+            self._removed.discard(key)
+
+    def _remove(self, key: str) -> None:
+        removed = self._removed
+        if removed is None:
+            self._removed = {key}
+        else:
+            removed.add(key)
+        if self._changed is not None:
+            self._changed.discard(key)
 
     def _check(self) -> None:
         if not self._loaded:
@@ -87,14 +188,17 @@ class Session(AsyncAccessors):
             )
 
     def __repr__(self) -> str:
-        return f"<Session key={self._session_key!r} data={dict.__repr__(self)}>"
+        return f"<Session key={self.session_key!r} data={dict.__repr__(self)}>"
 
     # -- reads --------------------------------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
         self._check()
         self.accessed = True
-        return dict.__getitem__(self, key)
+        value = dict.__getitem__(self, key)
+        if type(value) is dict or type(value) is list:  # the caller may change it in place
+            self._watch(key, value)
+        return value
 
     def __contains__(self, key: object) -> bool:
         self._check()
@@ -113,7 +217,10 @@ class Session(AsyncAccessors):
     def get(self, key: str, default: Any = None) -> Any:
         self._check()
         self.accessed = True
-        return dict.get(self, key, default)
+        value = dict.get(self, key, default)
+        if (type(value) is dict or type(value) is list) and dict.__contains__(self, key):
+            self._watch(key, value)
+        return value
 
     def has_key(self, key: str) -> bool:
         """Whether ``key`` is in the session (kept for code ported from the original API)."""
@@ -127,12 +234,19 @@ class Session(AsyncAccessors):
     def values(self) -> Any:
         self._check()
         self.accessed = True
+        self._watch_all()
         return dict.values(self)
 
     def items(self) -> Any:
         self._check()
         self.accessed = True
+        self._watch_all()
         return dict.items(self)
+
+    def _watch_all(self) -> None:
+        for key, value in dict.items(self):
+            if type(value) is dict or type(value) is list:
+                self._watch(key, value)
 
     def iterkeys(self) -> Iterator[str]:
         """An iterator over the keys (kept for code ported from the original API)."""
@@ -152,17 +266,27 @@ class Session(AsyncAccessors):
         self._check()
         dict.__setitem__(self, key, value)
         self.accessed = self.modified = True
+        changed = self._changed
+        if changed is None:
+            self._changed = {key}
+        else:
+            changed.add(key)
+        if self._removed is not None:
+            self._removed.discard(key)
 
     def __delitem__(self, key: str) -> None:
         self._check()
         self.accessed = True
         dict.__delitem__(self, key)
         self.modified = True
+        self._remove(key)
 
     def pop(self, key: str, default: Any = _MISSING) -> Any:
         self._check()
         self.accessed = True
-        self.modified = self.modified or dict.__contains__(self, key)
+        if dict.__contains__(self, key):
+            self.modified = True
+            self._remove(key)
         if default is _MISSING:
             return dict.pop(self, key)
         return dict.pop(self, key, default)
@@ -172,30 +296,41 @@ class Session(AsyncAccessors):
         self.accessed = True
         item = dict.popitem(self)
         self.modified = True
+        self._remove(item[0])
         return item
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         self._check()
         self.accessed = True
         if dict.__contains__(self, key):
-            return dict.__getitem__(self, key)
+            value = dict.__getitem__(self, key)
+            if type(value) is dict or type(value) is list:
+                self._watch(key, value)
+            return value
         self.modified = True
         dict.__setitem__(self, key, default)
+        self._set(key)
         return default
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         self._check()
-        dict.update(self, *args, **kwargs)
+        other = dict(*args, **kwargs)
+        dict.update(self, other)
         self.accessed = self.modified = True
+        for key in other:
+            self._set(key)
 
     def __ior__(self, other: Any) -> Session:  # type: ignore[override,misc]
         self.update(other)
         return self
 
     def clear(self) -> None:
+        """Empty the session; its next save replaces the whole stored mapping instead of merging."""
         self._check()
         dict.clear(self)
         self.accessed = self.modified = True
+        self._changed = self._removed = self._snapshots = None
+        self._replace = True
 
     # -- async accessors (aget, aset, ...: asession/_async_accessors.py) load through this ----------
 
@@ -221,52 +356,99 @@ class Session(AsyncAccessors):
         """
         if self._loaded:
             return
-        data = await self._backend.load(self._session_key)  # type: ignore[arg-type]  # unloaded implies a key
+        backend = self._backend
+        data = await bounded(
+            backend.load(self._key),  # type: ignore[arg-type]  # unloaded implies a key
+            self._config.store_timeout,
+            backend,
+        )
         if data is None:
-            self._session_key = None
+            self._key = None
         else:
             stored_expiry = data.pop(expiry.EXPIRY_KEY, None)
             if stored_expiry is not None:
                 self._expiry = expiry.parse_stored(stored_expiry)
             dict.update(self, data)
+            self._stored = True
         self._loaded = True
 
     async def save(self, must_create: bool = False) -> None:
         """Persist the session, generating a fresh unique key if it has none.
 
-        An unloaded session is loaded first, so stored data is never overwritten by an empty mapping.
-        With ``must_create=True`` raises :class:`CreateError` when the current key is already stored.
-        Raises ``TypeError`` naming the offending key if the data does not survive JSON; nothing is
-        written then.
+        A session loaded from the store is saved as an update: only the keys this request set, deleted
+        or changed in place are written, merged atomically into the session as stored now, and
+        :class:`~asession.exceptions.UpdateError` is raised (nothing written) when it is no longer
+        stored. A new session is created under a fresh key. Stores that cannot merge (signed cookies)
+        write the whole session. An unloaded session is loaded first. With ``must_create=True`` raises
+        :class:`CreateError` when the current key is already stored. Raises ``TypeError`` naming the
+        offending key if the data does not survive JSON; nothing is written then.
         """
         if not self._loaded:
             await self.load()
-        data = self._snapshot()
-        age = expiry.age(self._expiry, self._config.max_age)
-        if must_create and self._session_key is not None:
-            await self._backend.save(self._session_key, data, age, must_create=True)
+        config = self._config
+        backend = self._backend
+        key = self._key
+        age = expiry.age(self._expiry, config.max_age)
+        if must_create and key is not None:
+            await bounded(backend.save(key, self._snapshot(), age, must_create=True), config.store_timeout, backend)
+        elif key is not None and self._stored and backend.merges:
+            changes = self._changes()
+            await bounded(
+                backend.update(key, changes.changed, changes.removed, age, replace=changes.replace),
+                config.store_timeout,
+                backend,
+            )
         else:
-            self._session_key = await self._backend.store(self._session_key, data, age)
+            self._key = await self._create(age)
+        self._stored = True
+        self._reset_changes()
+
+    def _changes(self) -> Changes:
+        """What this request did to the session since it was loaded (or last saved)."""
+        if self._replace:
+            return Changes(self._snapshot(), replace=True)
+        keys = set(self._changed or ())
+        keys.update(self._changed_in_place())
+        removed = set(self._removed or ())
+        if self._marked or (self.modified and not keys and not removed and not self._expiry_changed):
+            # Changed in place where this session could not see it (mark_modified(), or `modified` set
+            # by hand): every key it holds is written.
+            keys.update(dict.keys(self))
+        changed = {key: dict.__getitem__(self, key) for key in keys if dict.__contains__(self, key)}
+        if self._expiry_changed:
+            if self._expiry is None:
+                removed.add(expiry.EXPIRY_KEY)
+            else:
+                changed[expiry.EXPIRY_KEY] = self._expiry
+        return Changes(changed, frozenset(removed))
 
     async def exists(self, key: str) -> bool:
         """Whether a live session is stored under ``key``."""
-        return await self._backend.exists(key)
+        return await bounded(self._backend.exists(key), self._config.store_timeout, self._backend)
 
     async def delete(self, key: str | None = None) -> None:
         """Delete the stored session ``key`` (this session's key by default); no error if missing.
 
-        The mapping and ``session_key`` are left as they are: use :meth:`flush` to end a session.
+        The mapping and ``session_key`` are left as they are: use :meth:`flush` to end a session. After
+        deleting its own record, the session's next save stores it under a fresh key (the deleted one is
+        never brought back).
         """
-        if key is None:
-            key = self._session_key
-            if key is None:
-                return
-        await self._backend.delete(key)
+        if key is None or key == self.session_key:
+            await self._delete(self._key)
+            self._stored = False
+        else:
+            await self._delete(key)
+
+    async def _delete(self, key: str | ValidKey | None) -> None:
+        if key is not None:
+            await bounded(self._backend.delete(key), self._config.store_timeout, self._backend)
 
     async def create(self) -> None:
         """Store this session under a new unique key (an empty session for a new one)."""
         self._loaded = True
-        self._session_key = await self._backend.store(None, self._snapshot(), self.get_expiry_age())
+        self._key = await self._create(self.get_expiry_age())
+        self._stored = True
+        self._reset_changes()
         self.modified = True
 
     async def flush(self) -> None:
@@ -278,18 +460,30 @@ class Session(AsyncAccessors):
         dict.clear(self)
         self._expiry = None
         self._loaded = True
+        self._stored = False
+        self._reset_changes()
         self.accessed = self.modified = True
         await self.delete()
-        self._session_key = None
+        self._key = None
 
     async def cycle_key(self) -> None:
         """Keep the data under a new key and delete the old record; call it on login against fixation."""
         await self._load_if_needed()
-        old_key = self._session_key
-        self._session_key = await self._backend.store(None, self._snapshot(), self.get_expiry_age())
+        old_key = self._key
+        self._key = await self._create(self.get_expiry_age())
+        self._stored = True
+        self._reset_changes()
         self.modified = True
-        if old_key is not None:
-            await self._backend.delete(old_key)
+        await self._delete(old_key)
+
+    async def _create(self, age: int) -> ValidKey:
+        """Store the data under a fresh unique key (the backend's ``create()``) and return that key."""
+        backend = self._backend
+        raw = await bounded(backend.create(self._snapshot(), age), self._config.store_timeout, backend)
+        key = backend.valid_key(raw)
+        if key is None:  # pragma: no cover - a backend handing out a key it would refuse is a bug
+            raise SessionError(f"{backend!r} created the malformed key {raw!r}.")
+        return key
 
     # -- expiry (synchronous, as in Django) ---------------------------------------------------------
 
@@ -305,6 +499,7 @@ class Session(AsyncAccessors):
         if custom is None and self._expiry is None:
             return
         self._expiry = custom
+        self._expiry_changed = True
         self.modified = True
 
     def get_expiry_age(self, modification: datetime | None = None) -> int:
@@ -322,8 +517,11 @@ class Session(AsyncAccessors):
         self._check()
         return expiry.expires_at_browser_close(self._expiry, self._config.expire_at_browser_close)
 
-    def _cookie_lifetime(self) -> tuple[int, int] | None:
-        """``(Max-Age, Expires as a Unix second)`` for the cookie set now; ``None`` for a browser-session cookie."""
+    def cookie_lifetime(self) -> tuple[int, int] | None:
+        """``(Max-Age, Expires as a Unix second)`` for the cookie sent now; ``None`` for a browser-session cookie.
+
+        The middleware builds ``Set-Cookie`` from it after a save.
+        """
         if expiry.expires_at_browser_close(self._expiry, self._config.expire_at_browser_close):
             return None
         return expiry.cookie_lifetime(self._expiry, self._config.max_age)

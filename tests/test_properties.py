@@ -332,9 +332,9 @@ def _check_no_escape(kind: str, tmp_path: Path, store: Path) -> None:
     if kind != "file":
         assert os.listdir(store) == []
         return
-    from asession.backends.file import FILE_PREFIX
+    from asession.backends.file import FILE_PREFIX, LOCK_PREFIX
 
-    pattern = re.compile(re.escape(FILE_PREFIX) + STORE_FILE.pattern)
+    pattern = re.compile(re.escape(FILE_PREFIX) + STORE_FILE.pattern + "|" + re.escape(LOCK_PREFIX) + "[0-9a-f]{2}")
     for name in os.listdir(store):
         assert pattern.fullmatch(name), f"unexpected entry {name!r} in the store"
         assert (store / name).is_file()
@@ -354,7 +354,7 @@ BACKEND_KINDS = [pytest.param("memory", id="memory"), pytest.param("file", id="f
 def test_backend_hostile_keys_never_reach_the_store(kind: str, tmp_path: Path) -> None:
     """Any malformed key loads None, is not found, deletes nothing, is refused on save, and writes no file."""
     with _running(kind, tmp_path) as (runner, backend, _, store):
-        stored = runner.run(backend.store(None, {"who": "victim"}, 3600))
+        stored = runner.run(backend.create({"who": "victim"}, 3600))
 
         @given(key=(HOSTILE_TEXT | st.binary(max_size=70) | st.integers()).filter(lambda k: not backend.accepts_key(k)))
         @SETTINGS
@@ -374,7 +374,7 @@ def test_backend_hostile_keys_never_reach_the_store(kind: str, tmp_path: Path) -
 def test_middleware_hostile_cookies_never_fail_inject_or_leak(kind: str, tmp_path: Path) -> None:
     """Hostile Cookie headers get a 200, at most one well-formed Set-Cookie, and only their own session's data."""
     with _running(kind, tmp_path) as (runner, backend, client, store):
-        stored = runner.run(backend.store(None, {"n": 1000}, 3600))
+        stored = runner.run(backend.create({"n": 1000}, 3600))
 
         @given(headers=cookie_headers(stored), path=st.sampled_from(["/count", "/read", "/logout"]))
         @SETTINGS
@@ -414,8 +414,8 @@ def test_middleware_hostile_cookies_never_fail_inject_or_leak(kind: str, tmp_pat
 def test_middleware_many_session_cookies_use_the_first(kind: str, tmp_path: Path) -> None:
     """With many session cookies in one header, only the first decides; a valid first one reads its own data."""
     with _running(kind, tmp_path) as (runner, backend, client, store):
-        first = runner.run(backend.store(None, {"n": 1}, 3600))
-        second = runner.run(backend.store(None, {"n": 2}, 3600))
+        first = runner.run(backend.create({"n": 1}, 3600))
+        second = runner.run(backend.create({"n": 2}, 3600))
         header = "; ".join(f"session={key}" for key in [first, second] + ["../x"] * 200).encode()
         response = runner.run(client.get("/read", headers=[(b"cookie", header)]))
         assert (response.status_code, response.json()) == (200, {"n": 1})

@@ -339,7 +339,7 @@ def test_cookie_lifetime_agrees_with_the_expiry_getters(
     session = Session(backend, config=SessionConfig(expire_at_browser_close=browser_close))
     for value in (None, 0, 300, timedelta(seconds=20), clock.current + timedelta(seconds=30)):
         session.set_expiry(value)
-        lifetime = session._cookie_lifetime()
+        lifetime = session.cookie_lifetime()
         if session.get_expire_at_browser_close():
             assert lifetime is None
         else:

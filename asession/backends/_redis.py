@@ -19,6 +19,10 @@ How it works:
   every ``socket_timeout`` seconds while commands are pending; when the connection has received nothing
   for ``socket_timeout`` seconds while a command waits, it is aborted. Connecting (TCP, TLS, AUTH,
   SELECT) is bounded by ``socket_connect_timeout``.
+- **Atomic read-modify-write is a Lua script** (:class:`Script`, :meth:`RedisClient.run`: ``EVALSHA``, then
+  ``EVAL`` once when the server answers ``NOSCRIPT``). ``MULTI``/``EXEC`` and ``WATCH`` cannot be used here:
+  they are state of a connection, and every connection carries the commands of many callers at once, so
+  another caller's commands would land inside the transaction or clear the watch.
 - **No reply ever reaches the wrong command.** A connection that fails (timeout, reset, malformed reply)
   fails every command in flight on it and is dropped; the next command opens a new connection, which is
   how a restarted server is reconnected to. A command cancelled by its caller keeps its place in the FIFO,
@@ -28,18 +32,19 @@ How it works:
 Redis Cluster is not supported yet. It needs: the slot map (``CLUSTER SHARDS`` / ``CLUSTER SLOTS`` at open,
 CRC16 of the key modulo 16384), one :class:`RedisClient`-like pool per primary, and ``-MOVED slot host:port``
 (refresh the map, resend) and ``-ASK slot host:port`` (send ``ASKING`` then the command to that node once)
-error replies handled by resending instead of failing. Each command here is already a single key, built
-as bytes in one place (:func:`_command`) and answered through one future, so routing fits in
-:meth:`RedisClient._send` without changing callers.
+error replies handled by resending instead of failing. Each command here is already a single key (a
+script's one key follows its key count), built as bytes in one place (:func:`_command`) and answered
+through one future, so routing fits in :meth:`RedisClient._send` without changing callers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import ssl
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -52,6 +57,7 @@ __all__ = [
     "RedisClient",
     "RedisError",
     "RedisOptions",
+    "Script",
     "parse_url",
 ]
 
@@ -59,6 +65,14 @@ __all__ = [
 DEFAULT_TIMEOUT = 5.0
 #: Connections per client unless the URL says ``?max_connections=N``; commands are pipelined over them.
 DEFAULT_MAX_CONNECTIONS = 4
+
+#: The longest reply this client reads (a bulk string or the whole of one reply being buffered), unless
+#: ``RedisOptions.max_reply_size`` says otherwise. asession never stores more than a backend's ``max_size``
+#: (1 MiB by default), so a larger reply comes from a broken or hostile server: it fails the connection
+#: instead of filling memory.
+DEFAULT_MAX_REPLY_SIZE = 4 * 1024 * 1024
+#: The longest line of a reply header (``$123``, ``*2``, ``-ERR ...``) before the reply counts as garbage.
+_MAX_LINE = 64 * 1024
 
 _CRLF = b"\r\n"
 _INCOMPLETE = -1
@@ -135,6 +149,7 @@ class RedisOptions:
     socket_connect_timeout: float | None = DEFAULT_TIMEOUT
     socket_keepalive: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_reply_size: int = DEFAULT_MAX_REPLY_SIZE
     client_name: str | None = None
     ssl_cert_reqs: ssl.VerifyMode = ssl.CERT_REQUIRED
     ssl_check_hostname: bool = True
@@ -251,14 +266,17 @@ def _command(*args: bytes) -> bytes:
     return b"".join(out)
 
 
-def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
+def _parse(buf: bytes | bytearray, pos: int, limit: int = DEFAULT_MAX_REPLY_SIZE) -> tuple[Any, int]:
     """Parse one reply starting at ``pos``: ``(value, end)``, or ``(None, _INCOMPLETE)`` if more data is needed.
 
     Bulk strings come back as ``bytes``, simple strings as ``bytes``, integers as ``int``, errors as a
-    :class:`RedisError` instance (returned, not raised), arrays as lists. Raises :class:`ProtocolError`.
+    :class:`RedisError` instance (returned, not raised), arrays as lists. Raises :class:`ProtocolError`,
+    also for a bulk string longer than ``limit`` bytes or a header line that never ends.
     """
     end = buf.find(_CRLF, pos)
     if end < 0:
+        if len(buf) - pos > _MAX_LINE:
+            raise ProtocolError(f"malformed reply from Redis: no line end in {_MAX_LINE} bytes")
         return None, _INCOMPLETE
     kind = buf[pos]
     try:
@@ -266,6 +284,8 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
             size = int(buf[pos + 1 : end])
             if size < 0:
                 return None, end + 2
+            if size > limit:
+                raise ProtocolError(f"reply of {size} bytes from Redis exceeds the limit of {limit} bytes")
             stop = end + 2 + size
             if len(buf) < stop + 2:
                 return None, _INCOMPLETE
@@ -283,7 +303,7 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
             items = []
             cursor = end + 2
             for _ in range(count):
-                item, cursor = _parse(buf, cursor)
+                item, cursor = _parse(buf, cursor, limit)
                 if cursor == _INCOMPLETE:
                     return None, _INCOMPLETE
                 items.append(item)
@@ -303,6 +323,7 @@ class _Connection(asyncio.Protocol):
         self._client = client
         self._loop = loop
         self._timeout = client.options.socket_timeout
+        self._limit = client.options.max_reply_size
         self._transport: asyncio.Transport | None = None
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self._buffer = bytearray()
@@ -329,10 +350,11 @@ class _Connection(asyncio.Protocol):
         self._last_activity = self._loop.time()
         waiters = self.waiters
         size = len(buf)
+        limit = self._limit
         pos = 0
         try:
             while pos < size:
-                value, end = _parse(buf, pos)
+                value, end = _parse(buf, pos, limit)
                 if end == _INCOMPLETE:
                     break
                 pos = end
@@ -357,8 +379,14 @@ class _Connection(asyncio.Protocol):
     # commands
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue ``command`` and return the future its reply will resolve."""
+        """Queue ``command`` and return the future its reply will resolve.
+
+        On a connection that has failed already the future fails at once: nothing would ever answer it.
+        """
         future = self._loop.create_future()
+        if self.closed:
+            future.set_exception(ConnectionError(f"the connection to Redis at {self._client.address} was lost"))
+            return future
         if not self.waiters:
             self._last_activity = self._loop.time()
             if self._timer is None and self._timeout is not None:
@@ -404,13 +432,30 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
 
+# -- scripts ----------------------------------------------------------------------------------------------
+
+
+class Script:
+    """A Lua script for :meth:`RedisClient.run`, known to the server by its SHA-1 once it has been sent."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
+
+
+def _arg(value: bytes | str | int) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 # -- the client -------------------------------------------------------------------------------------------
 
 
 class RedisClient:
     """Pipelined commands over up to ``options.max_connections`` connections (see the module's docstring).
 
-    :meth:`get`, :meth:`set`, :meth:`exists` and :meth:`delete` return awaitables (a future when a
+    :meth:`get`, :meth:`hgetall`, :meth:`set`, :meth:`exists` and :meth:`delete` return awaitables (a future when a
     connection is ready, so the hot path runs no coroutine of its own). Failures raise
     :class:`ConnectionError`, :class:`OSError`, :class:`TimeoutError` or :class:`RedisError`.
     """
@@ -522,10 +567,18 @@ class RedisClient:
                     asyncio.gather(*replies, return_exceptions=True), options.socket_connect_timeout
                 )
                 for index, result in enumerate(results):
+                    if isinstance(result, ProtocolError):
+                        raise ProtocolError(
+                            f"the server at {self.address} does not answer like Redis ({result}); check the port"
+                        ) from result
                     if isinstance(result, RedisError) and index == 0 and self._auth:
                         raise AuthenticationError(str(result)) from result
                     if isinstance(result, BaseException):
                         raise result
+            # The server may drop a connection it has just accepted (maxclients, CLIENT KILL, a proxy):
+            # such a connection must never be pooled, or the commands sent on it would wait for ever.
+            if connection.closed:
+                raise ConnectionError(f"Redis at {self.address} closed the connection as soon as it was opened")
         except BaseException:
             connection.fail(ConnectionError("the connection to Redis was not set up"))
             raise
@@ -546,13 +599,34 @@ class RedisClient:
 
     def execute(self, *args: bytes | str | int) -> Awaitable[Any]:
         """Send any command; the reply as parsed by :func:`_parse` (errors raised as :class:`RedisError`)."""
-        encoded = [arg if isinstance(arg, bytes) else str(arg).encode() for arg in args]
-        return self._send(_command(*encoded))
+        return self._send(_command(*map(_arg, args)))
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
+        """Run ``script`` atomically on ``keys`` with ``args``: its reply, as :meth:`execute` gives it.
+
+        ``EVALSHA`` first; a server that does not know the script yet (restarted, ``SCRIPT FLUSH``) answers
+        ``NOSCRIPT`` without running anything, and gets the source once through ``EVAL``, which caches it.
+        """
+        tail = [b"%d" % len(keys), *(key.encode() for key in keys), *map(_arg, args)]
+        try:
+            return await self._send(_command(b"EVALSHA", script.sha, *tail))
+        except RedisError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self._send(_command(b"EVAL", script.source, *tail))
 
     def get(self, key: str) -> Awaitable[bytes | None]:
         """``GET key``: the value as bytes, or ``None``."""
         raw = key.encode()
         return self._send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(raw), raw))
+
+    def hgetall(self, key: str) -> Awaitable[list[bytes] | None]:
+        """``HGETALL key``: fields and values in turn, ``[]`` when the key is missing.
+
+        Raises :class:`RedisError` (``WRONGTYPE ...``) when the key holds something other than a hash.
+        """
+        raw = key.encode()
+        return self._send(b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n" % (len(raw), raw))
 
     def set(self, key: str, value: str | bytes, ex: int, nx: bool = False) -> Awaitable[bytes | None]:
         """``SET key value EX ex [NX]``: ``b"OK"``, or ``None`` when NX found the key taken."""

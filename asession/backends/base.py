@@ -12,12 +12,13 @@ from __future__ import annotations
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from asession import keys, serializers
-from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError
+from asession.changes import Changes
+from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError, UpdateError
 
 if TYPE_CHECKING:
     import sys
@@ -60,6 +61,9 @@ class SessionBackend(ABC):
     hashes_keys: ClassVar[bool] = True
     #: The store drops expired entries by itself (a TTL), so :meth:`clear_expired` has nothing to do.
     expires_by_itself: ClassVar[bool] = False
+    #: The store merges a request's changes into the stored session (:meth:`update`). ``False`` for
+    #: stores whose data travels in the cookie, where the last save wins.
+    merges: ClassVar[bool] = True
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
@@ -135,19 +139,35 @@ class SessionBackend(ABC):
     def _storage_key(self, key: str) -> str:
         return keys.storage_key(key) if self.hashes_keys else key
 
+    def valid_key(self, key: object) -> keys.ValidKey | None:
+        """``key`` checked and hashed once, for the session to hand back on every call; ``None`` if malformed."""
+        if not self.accepts_key(key):
+            return None
+        raw: str = key  # type: ignore[assignment]  # accepts_key() admits only str
+        return keys.ValidKey(raw, keys.storage_key(raw) if self.hashes_keys else raw, self.hashes_keys)
+
+    def _skey(self, key: str | keys.ValidKey) -> str | None:
+        """The storage key of ``key``, or ``None`` when it is malformed (a :class:`ValidKey` is trusted)."""
+        if type(key) is keys.ValidKey and key.hashed is self.hashes_keys:
+            return key.skey
+        if not self.accepts_key(key):
+            return None
+        return self._storage_key(key)  # type: ignore[arg-type]  # accepts_key() admits only str
+
     # -- storage ------------------------------------------------------------------------------------
 
-    async def load(self, key: str) -> dict[str, Any] | None:
+    async def load(self, key: str | keys.ValidKey) -> dict[str, Any] | None:
         """Return the dict that :meth:`save` stored under ``key``.
 
         Returns ``None`` when the key is malformed, unknown or expired, and when the stored data is
         corrupt or over ``max_size`` (logged as a warning on ``asession.security``).
         """
         self._check_open()
-        if not self.accepts_key(key):
+        skey = self._skey(key)
+        if skey is None:
             return None
         try:
-            raw = await self._load(self._storage_key(key))
+            raw = await self._load(skey)
         except SessionError:
             raise
         except Exception as exc:
@@ -180,7 +200,9 @@ class SessionBackend(ABC):
             )
         return payload
 
-    async def save(self, key: str, data: Mapping[str, Any], expiry_age: int, must_create: bool = False) -> None:
+    async def save(
+        self, key: str | keys.ValidKey, data: Mapping[str, Any], expiry_age: int, must_create: bool = False
+    ) -> None:
         """Store ``data`` under ``key`` for ``expiry_age`` seconds, replacing what was there.
 
         With ``must_create=True`` the write happens only if ``key`` is not stored yet, atomically, and
@@ -190,10 +212,10 @@ class SessionBackend(ABC):
         is written.
         """
         self._check_open()
-        if not self.accepts_key(key):
+        skey = self._skey(key)
+        if skey is None:
             raise SessionError(f"Refusing to store a session under the malformed key {key!r}.")
         payload = self._encode(data)
-        skey = self._storage_key(key)
         try:
             if expiry_age <= 0:
                 await self._delete(skey)
@@ -204,25 +226,84 @@ class SessionBackend(ABC):
         except Exception as exc:
             raise self._unavailable("save a session", exc) from exc
 
-    async def exists(self, key: str) -> bool:
+    async def update(
+        self,
+        key: str | keys.ValidKey,
+        changed: Mapping[str, Any],
+        removed: Iterable[str],
+        expiry_age: int,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Merge a request's changes into the session stored under ``key``, atomically, and refresh its expiry.
+
+        ``changed`` maps keys to their new values, ``removed`` lists keys to delete; keys in neither keep
+        what is stored *now*, whatever a parallel request wrote since this one loaded. ``replace=True``
+        stores exactly ``changed`` instead (a request that cleared the session). The read, the merge and
+        the write are one atomic step in the store, never a read and a later write across an await.
+
+        Raises :class:`UpdateError`, writing nothing, when no live session is stored under ``key``
+        (flushed, rotated, revoked or expired since it was loaded, or corrupt: logged on
+        ``asession.security``); ``TypeError`` naming the key when a value does not survive JSON, and
+        :class:`SessionError` when the merged session would exceed ``max_size``, before anything is
+        written. A non-positive ``expiry_age`` forgets the session, as :meth:`save` does.
+        """
+        self._check_open()
+        skey = self._skey(key)
+        if skey is None:
+            raise UpdateError(f"No session can be stored under the malformed key {key!r}; nothing was written.")
+        changed = dict(changed)
+        serializers.dumps(changed)  # TypeError naming the key before anything reaches the store
+        changes = Changes(changed, frozenset(removed), replace)
+        try:
+            if expiry_age <= 0:
+                await self._delete(skey)
+                return
+            await self._update(skey, changes, int(expiry_age))
+        except SessionError:
+            raise
+        except Exception as exc:
+            raise self._unavailable("update a session", exc) from exc
+
+    def _merge(self, raw: str | bytes | None, changes: Changes) -> str:
+        """The payload to store: the stored ``raw`` payload with ``changes`` applied.
+
+        For backends that merge in Python inside their atomic step. Raises :class:`UpdateError` when
+        ``raw`` is ``None`` or unreadable (logged on ``asession.security``: a corrupt session is never
+        half-merged) and :class:`SessionError` when the result exceeds ``max_size``.
+        """
+        current = None if raw is None else self._decode(raw)
+        if current is None:
+            raise self._gone()
+        return self._encode(changes.apply(current))
+
+    def _gone(self) -> UpdateError:
+        return UpdateError(
+            f"No live session is stored under this key in {self!r}: it was flushed, rotated, revoked or expired "
+            "after it was loaded. Nothing was written."
+        )
+
+    async def exists(self, key: str | keys.ValidKey) -> bool:
         """Tell whether a live (unexpired) session is stored under ``key``."""
         self._check_open()
-        if not self.accepts_key(key):
+        skey = self._skey(key)
+        if skey is None:
             return False
         try:
-            return await self._exists(self._storage_key(key))
+            return await self._exists(skey)
         except SessionError:
             raise
         except Exception as exc:
             raise self._unavailable("check a session", exc) from exc
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str | keys.ValidKey) -> None:
         """Forget the session stored under ``key``; no error when there is none."""
         self._check_open()
-        if not self.accepts_key(key):
+        skey = self._skey(key)
+        if skey is None:
             return
         try:
-            await self._delete(self._storage_key(key))
+            await self._delete(skey)
         except SessionError:
             raise
         except Exception as exc:
@@ -238,16 +319,12 @@ class SessionBackend(ABC):
         except Exception as exc:
             raise self._unavailable("clear expired sessions", exc) from exc
 
-    async def store(self, key: str | None, data: Mapping[str, Any], expiry_age: int) -> str:
-        """Persist ``data`` and return the key that now holds it.
+    async def create(self, data: Mapping[str, Any], expiry_age: int) -> str:
+        """Store ``data`` under a fresh unique key and return the key (Django's ``create()``).
 
-        With ``key=None`` a fresh unique key is generated and written with ``must_create=True``,
-        retrying on the (astronomically rare) collision. :class:`Session` calls this; backends whose
-        key *is* the data (signed cookies) override it.
+        The key is written with ``must_create=True``, retrying on the (astronomically rare) collision.
+        Backends whose key *is* the data (signed cookies) return the new payload instead.
         """
-        if key is not None:
-            await self.save(key, data, expiry_age)
-            return key
         for _ in range(_CREATE_ATTEMPTS):
             key = keys.new_key()
             try:
@@ -286,6 +363,14 @@ class SessionBackend(ABC):
         With ``must_create`` the write must be atomic with the existence check and raise
         :class:`CreateError` when ``skey`` is already stored and live.
         """
+
+    async def _update(self, skey: str, changes: Changes, expiry_age: int) -> str | None:
+        """Apply ``changes`` to the live session under ``skey`` and refresh its expiry, in one atomic step.
+
+        Raise :class:`UpdateError` (``self._gone()``) when no live session is stored, writing nothing.
+        Return the new payload when the backend built it (``self._merge``), ``None`` otherwise.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot merge updates yet.")
 
     @abstractmethod
     async def _exists(self, skey: str) -> bool:

@@ -1,134 +1,54 @@
-"""DatabaseBackend: sessions in one SQL table, on SQLite (aiosqlite, the default) or PostgreSQL (asyncpg).
+"""DatabaseBackend: sessions in one SQL table, on SQLite (the default) or PostgreSQL (asyncpg).
 
-Both databases share one schema and one set of statements, written here once::
+Both databases share one schema and one set of statements, written once in ``_driver.py`` with the
+driver protocol (:class:`Driver`, :class:`Statements`, re-exported here). This module checks the
+arguments, picks the dialect (``_sqlite.py``, ``_postgres.py``), which only connects and runs those
+statements, and takes every timestamp from :func:`asession.expiry.timestamp` in the event loop.
 
-    session_key   TEXT PRIMARY KEY      -- sha256 hex of the session key, never the key itself
-    session_data  TEXT NOT NULL         -- the JSON payload
-    expire_at     REAL / DOUBLE PRECISION NOT NULL, indexed   -- epoch seconds
-
-Every read filters on ``expire_at > now``, so an expired row is invisible the moment it expires;
-:meth:`DatabaseBackend.clear_expired` deletes such rows in one indexed statement. The dialects
-(``_sqlite.py``, ``_postgres.py``) only connect and run these statements.
+A request's changes are merged into the stored session inside one database transaction
+(:meth:`Driver.update`): the row is read, :meth:`~asession.backends.base.SessionBackend._merge` applies
+the changes, and the result is written before any other write to that row can run.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from asession import expiry
+from asession.backends._driver import Driver, Statements
 from asession.backends._extras import require
 from asession.backends._urls import hide_password
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
+from asession.changes import Changes
 from asession.exceptions import CreateError, ImproperlyConfigured
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT", "DEFAULT_TABLE", "DatabaseBackend", "Statements"]
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_COMMAND_TIMEOUT",
+    "DEFAULT_TABLE",
+    "DatabaseBackend",
+    "Driver",
+    "Statements",
+]
 
 DEFAULT_TABLE = "asession_sessions"
 #: Seconds a SQLite write waits for another process's lock before failing.
 DEFAULT_BUSY_TIMEOUT = 5.0
+#: Seconds a PostgreSQL operation (waiting for a pooled connection, then the query) may take before failing.
+DEFAULT_COMMAND_TIMEOUT = 5.0
 #: A plain SQL identifier, short enough that ``<table>_expire_at_idx`` fits PostgreSQL's 63 characters.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,48}")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-
-@dataclass(frozen=True)
-class Statements:
-    """The SQL of one table, in a dialect's placeholder style and float type.
-
-    Parameters, in order: ``save`` takes (skey, payload, expire_at); ``create`` takes (skey, payload,
-    expire_at, now) and changes no row when a live row holds the key; ``load``, ``load_entry`` and
-    ``exists`` take (skey, now); ``delete`` takes (skey); ``clear_expired`` takes (now).
-    """
-
-    create_table: str
-    create_index: str
-    load: str
-    load_entry: str
-    exists: str
-    save: str
-    create: str
-    delete: str
-    clear_expired: str
-
-    @classmethod
-    def build(cls, table: str, *, placeholder: str, float_type: str) -> Statements:
-        """Write the statements for ``table`` (already validated), numbering parameters ``<placeholder>N``."""
-        t = f'"{table}"'
-        upsert = (
-            f"INSERT INTO {t} (session_key, session_data, expire_at) VALUES ($1, $2, $3) "
-            "ON CONFLICT (session_key) DO UPDATE "
-            "SET session_data = excluded.session_data, expire_at = excluded.expire_at"
-        )
-        sql = cls(
-            create_table=(
-                f"CREATE TABLE IF NOT EXISTS {t} (session_key TEXT PRIMARY KEY, "
-                f"session_data TEXT NOT NULL, expire_at {float_type} NOT NULL)"
-            ),
-            create_index=f'CREATE INDEX IF NOT EXISTS "{table}_expire_at_idx" ON {t} (expire_at)',
-            load=f"SELECT session_data FROM {t} WHERE session_key = $1 AND expire_at > $2",
-            load_entry=f"SELECT session_data, expire_at FROM {t} WHERE session_key = $1 AND expire_at > $2",
-            exists=f"SELECT 1 FROM {t} WHERE session_key = $1 AND expire_at > $2",
-            save=upsert,
-            # One statement, so the existence check and the write are atomic: an expired row is
-            # overwritten, a live one is left alone and the statement reports no changed row.
-            create=f"{upsert} WHERE {t}.expire_at <= $4",
-            delete=f"DELETE FROM {t} WHERE session_key = $1",
-            clear_expired=f"DELETE FROM {t} WHERE expire_at <= $1",
-        )
-        if placeholder == "$":
-            return sql
-        return cls(**{name: text.replace("$", placeholder) for name, text in vars(sql).items()})
-
-
-class Driver(ABC):
-    """One database dialect: owns the connection or pool and runs :class:`Statements`."""
-
-    @abstractmethod
-    async def open(self) -> None:
-        """Connect and create the table and its index if missing."""
-
-    @abstractmethod
-    async def close(self) -> None:
-        """Release the connection or pool."""
-
-    @abstractmethod
-    async def load(self, skey: str, now: float) -> str | None:
-        """The live payload stored under ``skey``."""
-
-    @abstractmethod
-    async def load_entry(self, skey: str, now: float) -> tuple[str, float] | None:
-        """The live payload stored under ``skey`` and its expiry timestamp."""
-
-    @abstractmethod
-    async def exists(self, skey: str, now: float) -> bool:
-        """Whether a live row holds ``skey``."""
-
-    @abstractmethod
-    async def save(self, skey: str, payload: str, expire_at: float) -> None:
-        """Insert or replace the row of ``skey``."""
-
-    @abstractmethod
-    async def create(self, skey: str, payload: str, expire_at: float, now: float) -> bool:
-        """Insert the row unless a live one holds ``skey``; return whether a row was written."""
-
-    @abstractmethod
-    async def delete(self, skey: str) -> None:
-        """Delete the row of ``skey``."""
-
-    @abstractmethod
-    async def clear_expired(self, now: float) -> int:
-        """Delete the expired rows and return how many."""
 
 
 class DatabaseBackend(SessionBackend):
     """Keep sessions in a SQL table, on SQLite by default or on PostgreSQL by URL.
 
     ``url_or_path`` is a file path or ``sqlite:///relative.db`` / ``sqlite:////absolute/path.db`` for
-    SQLite: WAL mode, ``synchronous=NORMAL``; writes run on aiosqlite's thread and wait up to
+    SQLite: WAL mode, ``synchronous=NORMAL``; writes run on a thread of the backend's own and wait up to
     ``busy_timeout`` seconds (SQLite only) for other processes, reads run without a thread hop. Or it is
     ``postgresql://user:password@host:5432/dbname`` (``postgres://`` too) for PostgreSQL, through an
     asyncpg pool of ``min_pool_size`` to ``max_pool_size`` connections (PostgreSQL only); other query
@@ -136,11 +56,25 @@ class DatabaseBackend(SessionBackend):
     ``asession``). The table (default ``asession_sessions``) and its ``expire_at`` index are created on
     :meth:`open` when missing.
 
+    :meth:`update` merges a request's changes into the row as stored now, in one transaction: on SQLite
+    inside the write lock of a batch, on PostgreSQL under a row lock (``SELECT ... FOR UPDATE``). Two
+    processes updating one session, or an update racing a delete, never lose a key or bring a deleted
+    session back.
+
+    Nothing waits forever. On PostgreSQL each operation (waiting for a free pooled connection, then the
+    query) fails after ``command_timeout`` seconds (default 5) with
+    :class:`~asession.exceptions.BackendUnavailableError`, a locked table or an exhausted pool included;
+    the timed-out query is cancelled on the server and its connection goes back to the pool. On SQLite
+    ``command_timeout`` is accepted and does not apply: ``busy_timeout`` bounds every wait there, opening
+    included (workers opening one fresh file together take turns for up to ``busy_timeout``). A SQLite
+    file that :meth:`open` creates, and its ``-wal`` and ``-shm`` files, are readable by their owner
+    only (0600); an existing file keeps its permissions.
+
     Expired rows stay on disk, invisible, until :meth:`clear_expired` (``asession clearsessions``)
     deletes them in one indexed statement; run it periodically, as Django's ``clearsessions``.
 
     Raises :class:`ImproperlyConfigured` at construction for an unsupported URL, a bad table name,
-    pool size or busy timeout, or PostgreSQL without asyncpg installed; :meth:`open` raises
+    pool size, busy timeout or command timeout, or PostgreSQL without asyncpg installed; :meth:`open` raises
     :class:`ImproperlyConfigured` for a missing directory, database or role, and
     :class:`~asession.exceptions.BackendUnavailableError` when the server cannot be reached.
     """
@@ -153,9 +87,19 @@ class DatabaseBackend(SessionBackend):
         min_pool_size: int = 1,
         max_pool_size: int = 10,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
         super().__init__(max_size=max_size)
+        if (
+            isinstance(command_timeout, bool)
+            or not isinstance(command_timeout, (int, float))
+            or not 0 < command_timeout < math.inf
+        ):
+            raise ImproperlyConfigured(
+                f"command_timeout must be a positive number of seconds, not {command_timeout!r}."
+            )
+        self.command_timeout = float(command_timeout)
         if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
             raise ImproperlyConfigured(
                 f"The session table name {table!r} is not a plain SQL identifier. Use 1 to 49 letters, digits "
@@ -172,7 +116,7 @@ class DatabaseBackend(SessionBackend):
         scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
         if scheme in _POSTGRES_SCHEMES:
             self.dialect = "postgresql"
-            self.driver = self._postgres_driver(min_pool_size, max_pool_size)
+            self.driver = self._postgres_driver(min_pool_size, max_pool_size, self.command_timeout)
         elif scheme in ("", "sqlite"):
             self.dialect = "sqlite"
             self.path = _sqlite_path(self.url) if scheme else self.url
@@ -189,7 +133,7 @@ class DatabaseBackend(SessionBackend):
                 "path, 'sqlite:///sessions.db' or 'postgresql://user@host/db'."
             )
 
-    def _postgres_driver(self, min_pool_size: int, max_pool_size: int) -> Driver:
+    def _postgres_driver(self, min_pool_size: int, max_pool_size: int, command_timeout: float) -> Driver:
         for name, value, low in (("min_pool_size", min_pool_size, 0), ("max_pool_size", max_pool_size, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ImproperlyConfigured(f"{name} must be an int of at least {low}, not {value!r}.")
@@ -215,6 +159,7 @@ class DatabaseBackend(SessionBackend):
             self.table,
             min_size=min_pool_size,
             max_size=max_pool_size,
+            command_timeout=command_timeout,
             server_settings=settings,
             describe=hide_password(self.url),
         )
@@ -246,6 +191,11 @@ class DatabaseBackend(SessionBackend):
             await self.driver.save(skey, payload, now + expiry_age)
         elif not await self.driver.create(skey, payload, now + expiry_age, now):
             raise CreateError(f"A session with this key already exists in {self!r}.")
+
+    async def _update(self, skey: str, changes: Changes, expiry_age: int) -> str:
+        # The clock is read here, in the event loop (tests replace it); the driver may merge on a thread.
+        now = expiry.timestamp()
+        return await self.driver.update(skey, lambda raw: self._merge(raw, changes), now + expiry_age, now)
 
     async def _exists(self, skey: str) -> bool:
         return await self.driver.exists(skey, expiry.timestamp())

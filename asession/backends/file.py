@@ -1,39 +1,54 @@
-"""FileBackend: one file per session in a directory, written atomically with aiofiles.
+"""FileBackend: one file per session in a directory, read with aiofiles, written atomically under a lock.
 
 Each session lives in ``<directory>/asession_<sha256 of the key>``. The file holds the expiry time as a
 Unix timestamp on its first line and the JSON payload after it, so expiry is checked without decoding
 the session. Writes go to a temporary file that is renamed into place, so a reader never sees half a
 session and a crash never leaves one behind.
+
+Every write (save, update, delete) runs as one call on a worker thread while holding an exclusive
+``flock`` on one of :data:`LOCK_STRIPES` lock files in the directory, chosen by the storage key. An
+update reads the session, merges the request's changes and renames the result into place under that
+lock, so two updates of one session, even from two processes, never lose each other's keys, and a
+delete (a logout) can never be undone by an update that read the session just before it. The lock
+is held by the thread, not the event loop: a request that gives up waiting (its store timeout) leaves
+the thread to finish and release it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import math
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from asession import expiry
 from asession.backends._extras import require
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
+from asession.changes import Changes
 from asession.exceptions import CreateError, ImproperlyConfigured, SessionError
 
 try:
     import aiofiles
-    import aiofiles.os
 except ImportError:  # the `file` extra is missing: FileBackend() says how to install it
     pass
 
-__all__ = ["FILE_PREFIX", "TEMP_PREFIX", "FileBackend"]
+__all__ = ["FILE_PREFIX", "LOCK_PREFIX", "LOCK_STRIPES", "TEMP_PREFIX", "FileBackend"]
 
 #: Session files are named ``FILE_PREFIX + storage key``; other files in the directory are left alone.
 FILE_PREFIX = "asession_"
 #: Temporary files being written are named ``TEMP_PREFIX + random hex``.
 TEMP_PREFIX = "asession-tmp-"
+#: Lock files are named ``LOCK_PREFIX + two hex digits``; they are created once and stay.
+LOCK_PREFIX = "asession-lock-"
+#: How many lock files writes spread over: writes of two sessions rarely wait for each other.
+LOCK_STRIPES = 64
 #: A temporary file older than this (in seconds) belongs to a writer that died; clear_expired removes it.
 STALE_TEMP_AGE = 60.0
 
@@ -46,10 +61,6 @@ _FILE_MODE = 0o600  # session data is as sensitive as a password: readable by th
 security_logger = logging.getLogger("asession.security")
 
 
-def _private_opener(path: str, flags: int) -> int:
-    return os.open(path, flags, _FILE_MODE)
-
-
 def _parse(raw: bytes) -> tuple[float, bytes] | None:
     """Split a session file into (expire_at, payload); ``None`` when the expiry line is unreadable."""
     head, newline, payload = raw.partition(b"\n")
@@ -60,6 +71,18 @@ def _parse(raw: bytes) -> tuple[float, bytes] | None:
     except ValueError:
         return None
     return (expire_at, payload) if math.isfinite(expire_at) else None
+
+
+def _content(payload: str, expire_at: float) -> bytes:
+    """A session file's bytes: the expiry timestamp on the first line, then the JSON payload."""
+    return f"{expire_at!r}\n".encode() + payload.encode()
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _unlink_if_unchanged(path: str, seen: os.stat_result) -> bool:
@@ -152,65 +175,108 @@ class FileBackend(SessionBackend):
     async def _exists(self, skey: str) -> bool:
         return await self._read(self._file(skey), _HEADER_ROOM) is not None
 
-    # -- writing ----------------------------------------------------------------------------------------
+    # -- writing: one thread call each, under the session's lock file -------------------------------------
 
-    async def _write_temp(self, payload: str, expiry_age: int) -> str:
-        """Write a complete session file under a fresh temporary name and return that name."""
-        content = f"{expiry.timestamp() + expiry_age!r}\n".encode() + payload.encode()
-        temp = os.path.join(self.path, TEMP_PREFIX + secrets.token_hex(8))
+    @contextlib.contextmanager
+    def _locked(self, skey: str) -> Iterator[None]:
+        """Hold the exclusive lock of ``skey``'s stripe (blocking: call it on a worker thread)."""
+        stripe = int(skey[:4], 16) % LOCK_STRIPES
+        descriptor = os.open(os.path.join(self.path, f"{LOCK_PREFIX}{stripe:02x}"), os.O_RDWR | os.O_CREAT, _FILE_MODE)
         try:
-            async with aiofiles.open(temp, "xb", opener=_private_opener) as handle:
-                await handle.write(content)
-                await handle.flush()
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # closing the descriptor releases the lock
+
+    def _write_temp(self, content: bytes) -> str:
+        """Write a complete session file under a fresh temporary name and return that name."""
+        temp = os.path.join(self.path, TEMP_PREFIX + secrets.token_hex(8))
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(content)
+                handle.flush()
                 # Without fsync a power loss after the rename below can leave an empty file under
                 # the session's name on filesystems that reorder metadata and data writes.
-                await asyncio.to_thread(os.fsync, handle.fileno())
+                os.fsync(handle.fileno())
         except BaseException:
-            await self._discard(temp)
+            _discard(temp)
             raise
         return temp
 
-    async def _discard(self, path: str) -> None:
+    def _read_live(self, path: str, now: float, limit: int) -> bytes | None:
+        """The live payload in ``path`` (up to ``limit`` bytes read), or ``None``; removes a dead file."""
         try:
-            await aiofiles.os.unlink(path)
+            with open(path, "rb") as handle:
+                entry = _parse(handle.read(limit))
+                if entry is not None and entry[0] > now:
+                    return entry[1]
+                seen = os.fstat(handle.fileno())
         except FileNotFoundError:
-            pass
+            return None
+        if entry is None:
+            security_logger.warning("FileBackend: session file %s has no readable expiry; removed.", path)
+        _unlink_if_unchanged(path, seen)
+        return None
 
-    async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None:
+    def _save_locked(self, skey: str, content: bytes, must_create: bool, now: float) -> None:
         final = self._file(skey)
-        # Write the whole file under a temporary name, then move it into place with one atomic rename
-        # (as Django's file backend does): readers see the old session or the new one, never half of
-        # one, and a crash mid-write leaves only a temporary file that clear_expired() removes.
-        temp = await self._write_temp(payload, expiry_age)
-        try:
-            if must_create:
-                await self._create(temp, final)
-            else:
-                await aiofiles.os.replace(temp, final)
-        finally:
-            # After a replace the temporary name is gone; after a link (or a failure) it remains.
-            await self._discard(temp)
+        with self._locked(skey):
+            # Write the whole file under a temporary name, then move it into place with one atomic rename
+            # (as Django's file backend does): readers see the old session or the new one, never half of
+            # one, and a crash mid-write leaves only a temporary file that clear_expired() removes.
+            temp = self._write_temp(content)
+            try:
+                if must_create:
+                    self._create(temp, final, now)
+                else:
+                    os.replace(temp, final)
+            finally:
+                _discard(temp)  # after a replace the name is gone; after a link (or a failure) it remains
 
-    async def _create(self, temp: str, final: str) -> None:
+    def _create(self, temp: str, final: str, now: float) -> None:
         """Give ``temp``'s content the name ``final`` only if no live session holds it.
 
         ``os.link`` fails when the target exists, atomically, even between processes; a rename would
         overwrite it. An expired or unreadable file under that name is dead: remove it and try once more.
         """
         try:
-            await aiofiles.os.link(temp, final)
+            os.link(temp, final)
             return
         except FileExistsError:
             pass
-        if await self._read(final, _HEADER_ROOM) is not None:  # removes the file if it is dead
+        if self._read_live(final, now, _HEADER_ROOM) is not None:  # removes the file if it is dead
             raise CreateError(f"A session with this key already exists in {self!r}.")
         try:
-            await aiofiles.os.link(temp, final)
+            os.link(temp, final)
         except FileExistsError as exc:
             raise CreateError(f"A session with this key was created concurrently in {self!r}.") from exc
 
+    def _update_locked(self, skey: str, changes: Changes, expiry_age: int, now: float) -> str:
+        final = self._file(skey)
+        with self._locked(skey):
+            payload = self._merge(self._read_live(final, now, self.max_size + _HEADER_ROOM), changes)
+            temp = self._write_temp(_content(payload, now + expiry_age))
+            try:
+                os.replace(temp, final)
+            finally:
+                _discard(temp)
+        return payload
+
+    def _delete_locked(self, skey: str) -> None:
+        final = self._file(skey)
+        with self._locked(skey):
+            _discard(final)
+
+    async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None:
+        now = expiry.timestamp()  # read here: the clock may be a test's, and threads must not call it
+        await asyncio.to_thread(self._save_locked, skey, _content(payload, now + expiry_age), must_create, now)
+
+    async def _update(self, skey: str, changes: Changes, expiry_age: int) -> str:
+        return await asyncio.to_thread(self._update_locked, skey, changes, expiry_age, expiry.timestamp())
+
     async def _delete(self, skey: str) -> None:
-        await self._discard(self._file(skey))
+        await asyncio.to_thread(self._delete_locked, skey)
 
     # -- clean-up ---------------------------------------------------------------------------------------
 

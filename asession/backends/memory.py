@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from asession import expiry
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
+from asession.changes import Changes
 from asession.exceptions import CreateError
 
 __all__ = ["MemoryBackend"]
@@ -45,6 +46,14 @@ class MemoryBackend(SessionBackend):
             if entry is not None and entry[1] > now:
                 raise CreateError(f"A session with this key already exists in {self!r}.")
         self._data[skey] = (payload, now + expiry_age)
+
+    async def _update(self, skey: str, changes: Changes, expiry_age: int) -> str:
+        # No await between the read and the write: atomic within the event loop, which is all there is.
+        now = expiry.timestamp()
+        entry = self._data.get(skey)
+        payload = self._merge(None if entry is None or entry[1] <= now else entry[0], changes)
+        self._data[skey] = (payload, now + expiry_age)
+        return payload
 
     async def _exists(self, skey: str) -> bool:
         return await self._load(skey) is not None

@@ -1,7 +1,7 @@
 """SignedCookieBackend: the session travels in the cookie, signed and timestamped with itsdangerous.
 
 As in Django's ``signed_cookies`` backend the session key *is* the signed payload, so nothing is stored on
-the server: :meth:`SignedCookieBackend.store` returns a new payload for every save, and ``save``/``delete``
+the server: :meth:`SignedCookieBackend.create` returns a new payload for every save, and ``save``/``delete``
 have nothing to do. Unlike Django, the absolute expiry time is signed into the payload, so a custom
 ``set_expiry`` is honoured and a stolen cookie stops working when the session would have expired.
 
@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from asession import expiry
 from asession.backends._extras import require
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend, security_logger
+from asession.changes import Changes
 from asession.exceptions import CreateError, ImproperlyConfigured, SessionError
 
 __all__ = ["COOKIE_ALLOWANCE", "MAX_COOKIE_SIZE", "MAX_PAYLOAD_SIZE", "MIN_SECRET_KEY_LENGTH", "SignedCookieBackend"]
@@ -27,7 +28,7 @@ MAX_COOKIE_SIZE = 4096
 #: Bytes left for the cookie's name, ``=`` and attributes (Path, Domain, Max-Age, Expires, flags). The
 #: backend does not know them, so it assumes they fit in this much.
 COOKIE_ALLOWANCE = 200
-#: The longest signed payload (the cookie value) :meth:`SignedCookieBackend.store` produces.
+#: The longest signed payload (the cookie value) :meth:`SignedCookieBackend.create` produces.
 MAX_PAYLOAD_SIZE = MAX_COOKIE_SIZE - COOKIE_ALLOWANCE
 #: Shorter secrets are refused: ``secrets.token_urlsafe(32)`` makes a good one.
 MIN_SECRET_KEY_LENGTH = 32
@@ -68,6 +69,7 @@ class SignedCookieBackend(SessionBackend):
 
     #: The payload is the key and is public anyway: there is nothing stored to hide it from.
     hashes_keys: ClassVar[bool] = False
+    merges: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -118,11 +120,11 @@ class SignedCookieBackend(SessionBackend):
             and _PAYLOAD_CHARS.issuperset(key)
         )
 
-    async def store(self, key: str | None, data: Mapping[str, Any], expiry_age: int) -> str:
+    async def create(self, data: Mapping[str, Any], expiry_age: int) -> str:
         """Return the signed payload holding ``data`` for ``expiry_age`` seconds: the session's new key.
 
-        ``key`` (the previous payload, if any) is simply replaced. Every call returns a different payload,
-        so ``cycle_key`` gets a fresh key here too. Raises ``TypeError`` naming the offending key when
+        Every save of a session makes a new payload (the previous one is simply replaced in the cookie), so
+        ``cycle_key`` gets a fresh key here too. Raises ``TypeError`` naming the offending key when
         the data does not survive JSON, and :class:`SessionError` naming the size when the payload would
         be longer than :data:`MAX_PAYLOAD_SIZE` bytes, a cookie browsers would silently drop.
         """
@@ -162,9 +164,15 @@ class SignedCookieBackend(SessionBackend):
         return self._verify(skey)
 
     async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None:
-        # Nothing is stored: the data lives in the key the caller holds, and store() makes new keys.
+        # Nothing is stored: the data lives in the key the caller holds, and create() makes new keys.
         if must_create and self._verify(skey) is not None:
-            raise CreateError("This signed session payload is valid already; call store() for a new one.")
+            raise CreateError("This signed session payload is valid already; call create() for a new one.")
+
+    async def _update(self, skey: str, changes: Changes, expiry_age: int) -> str | None:
+        raise NotImplementedError(
+            "SignedCookieBackend cannot merge concurrent saves: the data travels in the cookie, so the last "
+            "response's cookie wins. Session.save() writes the whole session with create() instead."
+        )
 
     async def _exists(self, skey: str) -> bool:
         return self._verify(skey) is not None

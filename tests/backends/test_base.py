@@ -75,11 +75,11 @@ async def test_store_failures_become_backend_unavailable_errors() -> None:
             assert isinstance(info.value.__cause__, ConnectionError)
 
 
-async def test_store_gives_up_after_repeated_collisions() -> None:
-    """store(None) retries CreateError a bounded number of times, then raises SessionError."""
+async def test_create_gives_up_after_repeated_collisions() -> None:
+    """create() retries CreateError a bounded number of times, then raises SessionError."""
     async with AlwaysTaken() as backend:
         with pytest.raises(SessionError, match="taken"):
-            await backend.store(None, {}, 10)
+            await backend.create({}, 10)
 
 
 def test_max_size_must_be_positive() -> None:

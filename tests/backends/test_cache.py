@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 import warnings
@@ -15,10 +16,11 @@ import pytest
 from aiocache import MemcachedCache, RedisCache, SimpleMemoryCache
 from aiocache.serializers import PickleSerializer
 
-from asession import keys
+from asession import keys, serializers
 from asession.backends.base import BackendState, SessionBackend
-from asession.backends.cache import KEY_PREFIX, MEMCACHED_MAX_RELATIVE_TTL, CacheBackend
-from asession.exceptions import BackendUnavailableError, ImproperlyConfigured
+from asession.backends.cache import KEY_PREFIX, MEMCACHED_MAX_RELATIVE_TTL, UPDATE_ATTEMPTS, CacheBackend
+from asession.exceptions import BackendUnavailableError, ImproperlyConfigured, SessionError, UpdateError
+from tests.conftest import Clock, let_expire
 
 DAY = 86400
 
@@ -173,7 +175,7 @@ async def test_unreachable_redis_at_open_names_url_without_password() -> None:
 
 @pytest.mark.redis
 async def test_redis_stores_json_text_under_hashed_key(redis_backend: SessionBackend, redis_url: str) -> None:
-    """The value Redis holds is the session's JSON text, under asession:<sha256>, with the expiry age as TTL."""
+    """Redis holds the session as JSON text, one field per key, under asession:<sha256>, with the expiry age as TTL."""
     import redis.asyncio as aioredis
 
     key = keys.new_key()
@@ -181,12 +183,11 @@ async def test_redis_stores_json_text_under_hashed_key(redis_backend: SessionBac
     await redis_backend.save(key, data, 600)
     client = aioredis.Redis.from_url(redis_url)
     try:
-        raw = await client.get(raw_key(key))
+        raw = await client.hgetall(raw_key(key))
         ttl = await client.ttl(raw_key(key))
     finally:
         await client.aclose()
-    assert isinstance(raw, bytes)
-    assert json.loads(raw.decode("utf-8")) == data
+    assert {json.loads(field.decode()): json.loads(value.decode()) for field, value in raw.items()} == data
     assert 590 < ttl <= 600
 
 
@@ -367,3 +368,394 @@ async def test_memcached_timeout_does_not_leave_a_stale_reply(slow_memcached: in
             assert await backend.load(second) == {"key": raw_key(second)}
     finally:
         await cache.close()
+
+
+# -- updates: concurrent requests of one session (issue #11) -----------------------------------------------------
+
+CACHE_STORES = [
+    pytest.param("cache_memory_backend", id="memory"),
+    pytest.param("redis_backend", id="redis", marks=pytest.mark.redis),
+    pytest.param("memcached_backend", id="memcached", marks=pytest.mark.memcached),
+]
+
+
+@pytest.fixture(params=CACHE_STORES)
+def cache_backend(request: pytest.FixtureRequest) -> CacheBackend:
+    """CacheBackend on each of its stores: in-process memory, Redis (hashes) and memcached."""
+    backend: CacheBackend = request.getfixturevalue(request.param)
+    return backend
+
+
+async def test_update_merges_into_the_session_stored_now(cache_backend: CacheBackend) -> None:
+    """Two updates made from the same stale view, each of its own key, both survive with the untouched key."""
+    key = keys.new_key()
+    await cache_backend.save(key, {"a": 1, "b": 1, "kept": [1, {"x": None}]}, DAY)
+    await cache_backend.update(key, {"a": 2}, (), DAY)
+    await cache_backend.update(key, {"b": 2, "c": "é"}, (), DAY)
+    assert await cache_backend.load(key) == {"a": 2, "b": 2, "c": "é", "kept": [1, {"x": None}]}
+
+
+async def test_update_removed_keys_go(cache_backend: CacheBackend) -> None:
+    """Removed keys disappear, a removed key that is not stored is no error, and a key both removed and set is set."""
+    key = keys.new_key()
+    await cache_backend.save(key, {"a": 1, "b": 2, "c": 3}, DAY)
+    await cache_backend.update(key, {"c": 4}, ("a", "c", "never-stored"), DAY)
+    assert await cache_backend.load(key) == {"b": 2, "c": 4}
+    await cache_backend.update(key, {}, ("b", "c"), DAY)
+    assert await cache_backend.load(key) == {}
+    assert await cache_backend.exists(key)
+    await cache_backend.update(key, {"again": True}, (), DAY)
+    assert await cache_backend.load(key) == {"again": True}
+
+
+async def test_update_replace_stores_exactly_the_changes(cache_backend: CacheBackend) -> None:
+    """replace=True (a cleared session) drops every stored key, and an empty replacement keeps an empty session."""
+    key = keys.new_key()
+    await cache_backend.save(key, {"a": 1, "b": 2}, DAY)
+    await cache_backend.update(key, {"x": [1]}, ("a",), DAY, replace=True)
+    assert await cache_backend.load(key) == {"x": [1]}
+    await cache_backend.update(key, {}, (), DAY, replace=True)
+    assert await cache_backend.load(key) == {}
+    assert await cache_backend.exists(key)
+
+
+async def test_update_keeps_values_byte_for_byte(cache_backend: CacheBackend) -> None:
+    """Empty lists and objects, 20-digit integers and floats survive updates exactly, set or kept."""
+    key = keys.new_key()
+    values = {"list": [], "obj": {}, "big": 12345678901234567890, "float": 0.1 + 0.2, "nested": [[], {"": []}]}
+    await cache_backend.save(key, {"kept": values}, DAY)
+    await cache_backend.update(key, {"set": values}, (), DAY)
+    assert await cache_backend.load(key) == {"kept": values, "set": values}
+
+
+async def test_update_odd_keys_are_their_own_fields(cache_backend: CacheBackend) -> None:
+    """Keys with quotes, backslashes, non-ASCII text or nothing at all are set and removed like any other."""
+    key = keys.new_key()
+    odd = ['"', "\\", "é\u2603", "", "a:b,c", "\n"]
+    await cache_backend.save(key, {name: index for index, name in enumerate(odd)}, DAY)
+    await cache_backend.update(key, {'"': "set", "new\t": 1}, ("é\u2603", ""), DAY)
+    assert await cache_backend.load(key) == {'"': "set", "\\": 1, "a:b,c": 4, "\n": 5, "new\t": 1}
+
+
+async def test_update_of_a_missing_session_raises_update_error_and_creates_nothing(
+    cache_backend: CacheBackend,
+) -> None:
+    """A key with no session stored (never saved, or deleted since) raises UpdateError and stays absent."""
+    never, deleted = keys.new_key(), keys.new_key()
+    await cache_backend.save(deleted, {"v": 1}, DAY)
+    await cache_backend.delete(deleted)
+    for key in (never, deleted):
+        for replace in (False, True):
+            with pytest.raises(UpdateError, match="Nothing was written"):
+                await cache_backend.update(key, {"v": 2}, ("v",), DAY, replace=replace)
+            assert not await cache_backend.exists(key)
+
+
+async def test_update_of_an_expired_session_raises_update_error(cache_backend: CacheBackend, clock: Clock) -> None:
+    """A session the store's TTL has dropped cannot be updated back to life."""
+    key = keys.new_key()
+    await cache_backend.save(key, {"v": 1}, 1)
+    await let_expire(cache_backend, clock, 1)
+    with pytest.raises(UpdateError):
+        await cache_backend.update(key, {"v": 2}, (), DAY)
+    assert not await cache_backend.exists(key)
+
+
+async def test_update_refreshes_the_ttl(cache_backend: CacheBackend) -> None:
+    """An update gives the session the new expiry age: saved for 1 second, updated for a day, it outlives the second."""
+    key = keys.new_key()
+    await cache_backend.save(key, {"v": 1}, 1)
+    await cache_backend.update(key, {"w": 2}, (), DAY)
+    await asyncio.sleep(2.2)
+    assert await cache_backend.load(key) == {"v": 1, "w": 2}
+
+
+async def test_update_of_a_corrupt_session_raises_update_error_and_logs(
+    cache_backend: CacheBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage stored under the session's key is never merged into: UpdateError, a warning, the garbage untouched."""
+    key = keys.new_key()
+    await cache_backend.save(key, {"v": 1}, DAY)
+    await cache_backend.entries.set(raw_key(key), '{"v": 1, garbage', DAY)
+    with caplog.at_level(logging.WARNING, logger="asession.security"):
+        with pytest.raises(UpdateError):
+            await cache_backend.update(key, {"w": 2}, (), DAY)
+    assert [record.name for record in caplog.records] == ["asession.security"]
+    assert "corrupted" in caplog.records[0].getMessage()
+    assert await cache_backend.entries.get(raw_key(key)) in ('{"v": 1, garbage', b'{"v": 1, garbage')
+
+
+async def test_update_over_max_size_raises_session_error_and_changes_nothing(cache_backend: CacheBackend) -> None:
+    """A merged session one byte over max_size is refused, nothing written; exactly max_size is stored and loads."""
+    key = keys.new_key()
+    stored = {"a": "x" * 100, "b": [1, 2]}
+    merged = {**stored, "c": "y" * 150}
+    cache_backend.max_size = len(serializers.dumps(merged)) - 1
+    await cache_backend.save(key, stored, DAY)
+    with pytest.raises(SessionError, match="over the limit"):
+        await cache_backend.update(key, {"c": "y" * 150}, (), DAY)
+    assert await cache_backend.load(key) == stored
+    cache_backend.max_size += 1
+    await cache_backend.update(key, {"c": "y" * 150}, (), DAY)
+    assert await cache_backend.load(key) == merged
+
+
+async def test_concurrent_updates_of_one_session_all_survive(cache_backend: CacheBackend) -> None:
+    """24 updates of one session at once, each of its own key, all land on top of the stored keys."""
+    key = keys.new_key()
+    await cache_backend.save(key, {"base": 0}, DAY)
+    await asyncio.gather(*(cache_backend.update(key, {f"k{index}": index}, (), DAY) for index in range(24)))
+    assert await cache_backend.load(key) == {"base": 0, **{f"k{index}": index for index in range(24)}}
+
+
+async def test_entries_are_plain_strings_beside_the_sessions(cache_backend: CacheBackend) -> None:
+    """entries: add only if absent, get, set, exists and delete on plain strings under the caller's own keys."""
+    entry = "myapp:entry:" + keys.new_key()
+    entries = cache_backend.entries
+    assert await entries.get(entry) is None
+    assert not await entries.exists(entry)
+    assert await entries.add(entry, "first", 60)
+    assert not await entries.add(entry, "second", 60)
+    assert await entries.get(entry) in ("first", b"first")
+    await entries.set(entry, "third", 60)
+    assert await entries.get(entry) in ("third", b"third")
+    assert await entries.exists(entry)
+    await entries.delete(entry)
+    assert not await entries.exists(entry)
+    await entries.delete(entry)  # missing: no error
+
+
+def test_entries_before_open_raise_session_error() -> None:
+    """A backend that is not open lends no entries."""
+    with pytest.raises(SessionError, match="before open"):
+        CacheBackend("redis://127.0.0.1:6379/15").entries  # noqa: B018
+
+
+# -- updates on Redis: hashes, sessions stored as strings, long sessions ----------------------------------------
+
+
+@pytest.mark.redis
+async def test_redis_session_is_a_hash_of_json_fields(redis_backend: CacheBackend) -> None:
+    """Each top-level key is one field (its JSON text) holding its value's JSON text; an empty session keeps one."""
+    client = redis_backend._cache
+    key = keys.new_key()
+    await redis_backend.save(key, {"cart": [1, 2], "é": None}, 600)
+    assert await client.execute("TYPE", raw_key(key)) == b"hash"
+    fields = await client.hgetall(raw_key(key))
+    assert dict(zip(fields[::2], fields[1::2], strict=True)) == {b'"cart"': b"[1,2]", '"é"'.encode(): b"null"}
+    assert 590 < await client.execute("TTL", raw_key(key)) <= 600
+    await redis_backend.update(key, {}, ("cart", "é"), 600)
+    assert await client.hgetall(raw_key(key)) == [b"", b""]
+    await redis_backend.update(key, {"n": 1}, (), 900)
+    assert await client.hgetall(raw_key(key)) == [b'"n"', b"1"]
+    assert 890 < await client.execute("TTL", raw_key(key)) <= 900
+
+
+@pytest.mark.redis
+async def test_redis_legacy_string_session_loads_and_updates_into_a_hash(redis_backend: CacheBackend) -> None:
+    """A session stored as one JSON string (earlier versions) loads, and its first update rewrites it as a hash."""
+    client = redis_backend._cache
+    key = keys.new_key()
+    await client.set(raw_key(key), '{"user":"alice","cart":[],"n":1}', 60)
+    assert await redis_backend.load(key) == {"user": "alice", "cart": [], "n": 1}
+    await redis_backend.update(key, {"n": 2}, ("user",), DAY)
+    assert await client.execute("TYPE", raw_key(key)) == b"hash"
+    assert await redis_backend.load(key) == {"cart": [], "n": 2}
+    assert DAY - 10 < await client.execute("TTL", raw_key(key)) <= DAY
+
+
+@pytest.mark.redis
+async def test_redis_legacy_string_changed_meanwhile_is_merged_again(
+    redis_backend: CacheBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A string session rewritten between the update's read and its conversion is read again, not overwritten."""
+    client = redis_backend._cache
+    key = keys.new_key()
+    await client.set(raw_key(key), '{"a":1}', 60)
+    run = client.run
+    calls: list[bytes] = []
+
+    async def racing_run(script: Any, keys_: Any, args: Any) -> Any:
+        calls.append(script.sha)
+        if len(calls) == 2:  # a parallel request of an earlier version writes the string before the conversion
+            await client.set(raw_key(key), '{"a":1,"b":2}', 60)
+        return await run(script, keys_, args)
+
+    monkeypatch.setattr(client, "run", racing_run)
+    await redis_backend.update(key, {"c": 3}, (), DAY)
+    monkeypatch.undo()
+    assert await redis_backend.load(key) == {"a": 1, "b": 2, "c": 3}
+    assert len(calls) == 4  # update, conversion refused, update, conversion
+
+
+@pytest.mark.redis
+async def test_redis_corrupt_hash_raises_update_error_and_logs(
+    redis_backend: CacheBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hash with a value or a field name that is not JSON is left alone, logged, and loads as no session."""
+    client = redis_backend._cache
+    for field, value in [('"bad"', "{not json"), ("not-a-json-name", "1"), ('"n"', "")]:
+        key = keys.new_key()
+        await redis_backend.save(key, {"ok": 1}, DAY)
+        await client.execute("HSET", raw_key(key), field, value)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="asession.security"):
+            with pytest.raises(UpdateError):
+                await redis_backend.update(key, {"ok": 2}, (), DAY)
+            assert await redis_backend.load(key) is None
+        assert [record.name for record in caplog.records] == ["asession.security"] * 2
+        assert await client.execute("HGET", raw_key(key), '"ok"') == b"1"
+    key = keys.new_key()
+    await client.execute("RPUSH", raw_key(key), "x")
+    with caplog.at_level(logging.WARNING, logger="asession.security"), pytest.raises(UpdateError):
+        await redis_backend.update(key, {"ok": 2}, (), DAY)
+    assert "list" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.redis
+async def test_redis_corrupt_value_that_is_dropped_does_not_block_the_update(redis_backend: CacheBackend) -> None:
+    """Only the values an update keeps are checked: overwriting or removing the broken one repairs the session."""
+    client = redis_backend._cache
+    key = keys.new_key()
+    await redis_backend.save(key, {"ok": 1}, DAY)
+    await client.execute("HSET", raw_key(key), '"bad"', "{not json")
+    await redis_backend.update(key, {"bad": "fixed"}, (), DAY)
+    assert await redis_backend.load(key) == {"ok": 1, "bad": "fixed"}
+
+
+@pytest.mark.redis
+async def test_redis_sessions_with_thousands_of_keys(redis_backend: CacheBackend) -> None:
+    """Saves and updates beyond Lua's unpack() limit (about 8000 values) are written in slices."""
+    key = keys.new_key()
+    data = {f"k{index}": index for index in range(5000)}
+    await redis_backend.save(key, data, DAY)
+    await redis_backend.update(key, {f"n{index}": index for index in range(4500)}, [f"k{i}" for i in range(4200)], DAY)
+    expected = {**{f"k{i}": i for i in range(4200, 5000)}, **{f"n{i}": i for i in range(4500)}}
+    assert await redis_backend.load(key) == expected
+    await redis_backend.save(key, data, DAY, must_create=False)
+    assert await redis_backend.load(key) == data
+
+
+@pytest.mark.redis
+async def test_redis_update_size_counts_bytes_like_the_load(redis_backend: CacheBackend) -> None:
+    """The size limit counts UTF-8 bytes, as the load does, so a session the update accepts also loads."""
+    key = keys.new_key()
+    merged = {"a": "é" * 50, "b": "ü" * 50}
+    size = len(serializers.dumps(merged).encode())
+    await redis_backend.save(key, {"a": "é" * 50}, DAY)
+    redis_backend.max_size = size - 1
+    with pytest.raises(SessionError, match=f"is {size} bytes"):
+        await redis_backend.update(key, {"b": "ü" * 50}, (), DAY)
+    redis_backend.max_size = size
+    await redis_backend.update(key, {"b": "ü" * 50}, (), DAY)
+    assert await redis_backend.load(key) == merged
+
+
+@pytest.mark.redis
+async def test_user_supplied_redis_cache_updates_by_compare_and_set(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RedisCache handed in keeps strings; an update that lost to another write merges again onto that write."""
+    parts = urlsplit(redis_url)
+    cache = RedisCache(endpoint=parts.hostname, port=parts.port or 6379, db=int(parts.path.strip("/") or 0))
+    key = keys.new_key()
+    try:
+        async with CacheBackend(cache) as backend:
+            await backend.save(key, {"a": 1}, DAY)
+            raw = cache.raw
+            evals = 0
+
+            async def racing_raw(command: str, *args: Any, **kwargs: Any) -> Any:
+                nonlocal evals
+                if command == "eval":
+                    evals += 1
+                    if evals == 1:
+                        await cache.client.set(raw_key(key), '{"a":1,"b":2}')
+                return await raw(command, *args, **kwargs)
+
+            monkeypatch.setattr(cache, "raw", racing_raw)
+            await backend.update(key, {"c": 3}, (), DAY)
+            monkeypatch.undo()
+            assert evals == 2
+            assert json.loads(await cache.client.get(raw_key(key))) == {"a": 1, "b": 2, "c": 3}
+            await asyncio.gather(*(backend.update(key, {f"k{index}": index}, (), DAY) for index in range(8)))
+            assert await backend.load(key) == {"a": 1, "b": 2, "c": 3, **{f"k{index}": index for index in range(8)}}
+            with pytest.raises(UpdateError):
+                await backend.update(keys.new_key(), {"v": 1}, (), DAY)
+            await backend.delete(key)
+    finally:
+        await cache.client.aclose()
+
+
+# -- updates on memcached and in memory -------------------------------------------------------------------------
+
+
+@pytest.mark.memcached
+async def test_memcached_cas_conflict_is_retried(
+    memcached_backend: CacheBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write landing between gets and cas makes the cas fail; the update reads again and merges onto it."""
+    key = keys.new_key()
+    await memcached_backend.save(key, {"a": 1}, DAY)
+    cache = memcached_backend._cache
+    raw = cache.raw
+    gets = 0
+
+    async def racing_raw(command: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal gets
+        reply = await raw(command, *args, **kwargs)
+        if command == "gets":
+            gets += 1
+            if gets == 1:  # another worker's update lands after this read
+                await memcached_backend.entries.set(raw_key(key), '{"a":1,"b":2}', DAY)
+        return reply
+
+    monkeypatch.setattr(cache, "raw", racing_raw)
+    await memcached_backend.update(key, {"c": 3}, (), DAY)
+    assert gets == 2
+    assert await memcached_backend.load(key) == {"a": 1, "b": 2, "c": 3}
+
+
+@pytest.mark.memcached
+async def test_memcached_update_gives_up_when_every_cas_loses(
+    memcached_backend: CacheBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session rewritten after every read fails the update with BackendUnavailableError after the set attempts."""
+    key = keys.new_key()
+    await memcached_backend.save(key, {"a": 1}, DAY)
+    cache = memcached_backend._cache
+    raw = cache.raw
+    gets = 0
+
+    async def racing_raw(command: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal gets
+        reply = await raw(command, *args, **kwargs)
+        if command == "gets":
+            gets += 1
+            await memcached_backend.entries.set(raw_key(key), f'{{"a":{gets}}}', DAY)
+        return reply
+
+    monkeypatch.setattr(cache, "raw", racing_raw)
+    with pytest.raises(BackendUnavailableError, match=f"{UPDATE_ATTEMPTS} attempts"):
+        await memcached_backend.update(key, {"c": 3}, (), DAY)
+    assert gets == UPDATE_ATTEMPTS
+    assert await memcached_backend.load(key) == {"a": UPDATE_ATTEMPTS}
+
+
+class YieldingMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache is untyped
+    """A memory cache whose reads let other tasks run, as a cache with a timeout or a plugin does."""
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)
+        return await super().get(*args, **kwargs)
+
+
+async def test_memory_updates_that_yield_are_serialized_by_the_lock() -> None:
+    """With reads that yield to other tasks, 24 concurrent updates of one session still all survive."""
+    key = keys.new_key()
+    async with CacheBackend(YieldingMemoryCache()) as backend:
+        await backend.save(key, {"base": 0}, DAY)
+        await asyncio.gather(*(backend.update(key, {f"k{index}": index}, (), DAY) for index in range(24)))
+        deleted = asyncio.gather(backend.update(key, {"late": 1}, (), DAY), backend.delete(key))
+        await deleted
+        assert await backend.load(key) is None

@@ -308,7 +308,7 @@ async def test_new_session_is_created_while_the_cache_is_down(
     """must_create needs no invalidation (a fresh key has no cached copy), so new sessions still work, logged."""
     cache.fail_load = cache.fail_save = cache.fail_delete = True
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        key = await cached.store(None, {"new": True}, DAY)
+        key = await cached.create({"new": True}, DAY)
         assert await cached.load(key) == {"new": True}
     assert await db.load(key) == {"new": True}
     assert any("could not write its cache" in record.getMessage() for record in caplog.records)

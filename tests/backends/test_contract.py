@@ -157,10 +157,10 @@ async def test_store_keeps_only_a_hash_of_the_key(server_backend: SessionBackend
     assert server_backend._storage_key(key) == keys.storage_key(key) != key
 
 
-async def test_store_with_no_key_creates_a_fresh_unique_key(server_backend: SessionBackend) -> None:
-    """store(None, ...) returns a new valid key holding the data."""
-    first = await server_backend.store(None, {"n": 1}, DAY)
-    second = await server_backend.store(None, {"n": 2}, DAY)
+async def test_create_makes_a_fresh_unique_key(server_backend: SessionBackend) -> None:
+    """create() returns a new valid key holding the data."""
+    first = await server_backend.create({"n": 1}, DAY)
+    second = await server_backend.create({"n": 2}, DAY)
     assert first != second
     assert keys.is_valid_key(first) and len(first) == keys.KEY_LENGTH
     assert await server_backend.load(first) == {"n": 1}

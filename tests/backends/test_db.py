@@ -6,12 +6,16 @@ The storage contract itself runs in ``test_contract.py`` on ``[sqlite]`` and ``[
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
+import os
 import secrets
 import sqlite3
+import stat
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -173,6 +177,24 @@ def test_bad_busy_timeout_raises_improperly_configured(busy_timeout: object) -> 
     assert repr(busy_timeout) in str(info.value)
 
 
+@pytest.mark.parametrize("url", ["sessions.db", "postgresql://postgres@127.0.0.1/test"])
+@pytest.mark.parametrize("command_timeout", [0, -1, True, "5", None, math.nan, math.inf])
+def test_bad_command_timeout_raises_improperly_configured(url: str, command_timeout: object) -> None:
+    """command_timeout must be a positive, finite number of seconds, on either database."""
+    with pytest.raises(ImproperlyConfigured, match="command_timeout") as info:
+        DatabaseBackend(url, command_timeout=command_timeout)  # type: ignore[arg-type]
+    assert repr(command_timeout) in str(info.value)
+
+
+async def test_sqlite_command_timeout_is_accepted(tmp_path: Path) -> None:
+    """SQLite takes command_timeout and keeps working (busy_timeout bounds its waits instead)."""
+    key = keys.new_key()
+    async with DatabaseBackend(tmp_path / "sessions.sqlite3", command_timeout=0.5) as backend:
+        assert backend.command_timeout == 0.5
+        await backend.save(key, {"v": 1}, DAY)
+        assert await backend.load(key) == {"v": 1}
+
+
 # -- SQLite: reads, writes, counts -------------------------------------------------------------------------
 
 
@@ -198,10 +220,14 @@ async def test_sqlite_clear_expired_counts_and_keeps_live_rows(
 async def test_sqlite_clear_expired_restores_the_page_cache_size(sqlite_backend: SessionBackend) -> None:
     """The larger page cache clear_expired() uses is given back afterwards."""
     assert isinstance(sqlite_backend, DatabaseBackend) and isinstance(sqlite_backend.driver, SQLiteDriver)
-    connection = sqlite_backend.driver.connection
-    before = list(await connection.execute_fetchall("PRAGMA cache_size"))
+    driver = sqlite_backend.driver
+
+    def cache_size(connection: sqlite3.Connection) -> list[tuple[object, ...]]:
+        return list(connection.execute("PRAGMA cache_size").fetchall())
+
+    before = await driver.run_on_writer(cache_size)
     await sqlite_backend.clear_expired()
-    assert list(await connection.execute_fetchall("PRAGMA cache_size")) == before
+    assert await driver.run_on_writer(cache_size) == before
 
 
 async def test_sqlite_sees_rows_written_by_another_process(
@@ -235,7 +261,7 @@ class _BusyReader:
 async def test_sqlite_busy_read_falls_back_to_the_write_thread(
     sqlite_backend: SessionBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When the read connection reports busy, load() and exists() still answer, through aiosqlite."""
+    """When the read connection reports busy, load() and exists() still answer, through the writer thread."""
     assert isinstance(sqlite_backend, DatabaseBackend) and isinstance(sqlite_backend.driver, SQLiteDriver)
     key = keys.new_key()
     await sqlite_backend.save(key, {"v": 1}, DAY)
@@ -262,6 +288,94 @@ async def test_sqlite_write_waits_busy_timeout_for_a_locked_database(tmp_path: P
             other.execute("ROLLBACK")
             other.close()
         await backend.save(keys.new_key(), {"v": 2}, DAY)
+
+
+# -- SQLite: file permissions, opening ------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _create_database(path: Path, *, mode: int) -> None:
+    sqlite3.connect(path).close()
+    path.chmod(mode)
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The common umask, under which files are created readable by everyone unless asked otherwise."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+async def test_sqlite_new_database_files_are_private(umask_022: None, sqlite_path: Path) -> None:
+    """A database file open() creates, and the -wal and -shm files SQLite adds, are readable by their owner only."""
+    async with DatabaseBackend(sqlite_path) as backend:
+        await backend.save(keys.new_key(), {"secret": 1}, DAY)
+        files = [sqlite_path, Path(f"{sqlite_path}-wal"), Path(f"{sqlite_path}-shm")]
+        assert {path.name: _mode(path) for path in files} == {path.name: 0o600 for path in files}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+async def test_sqlite_existing_database_file_keeps_its_mode(umask_022: None, sqlite_path: Path) -> None:
+    """open() leaves the permissions of a database file that already exists as they are."""
+    _create_database(sqlite_path, mode=0o640)
+    async with DatabaseBackend(sqlite_path) as backend:
+        await backend.save(keys.new_key(), {"v": 1}, DAY)
+    assert _mode(sqlite_path) == 0o640
+
+
+@contextlib.contextmanager
+def _write_locked(path: Path) -> Iterator[sqlite3.Connection]:
+    """Hold the write lock of ``path`` (in rollback mode, as a fresh file is) from another connection."""
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_sqlite_open_waits_for_a_write_lock_on_a_fresh_file(sqlite_path: Path) -> None:
+    """Switching a fresh file to WAL while another connection writes waits for it instead of failing at once."""
+    with _write_locked(sqlite_path) as other:
+        asyncio.get_running_loop().call_later(0.2, other.execute, "ROLLBACK")
+        started = time.monotonic()
+        async with DatabaseBackend(sqlite_path, busy_timeout=5) as backend:
+            assert time.monotonic() - started >= 0.15
+            await backend.save(keys.new_key(), {"v": 1}, DAY)
+    assert _rows(sqlite_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_sqlite_open_fails_after_busy_timeout_when_the_lock_stays(sqlite_path: Path) -> None:
+    """A write lock held beyond busy_timeout makes open() raise BackendUnavailableError after about busy_timeout."""
+    backend = DatabaseBackend(sqlite_path, busy_timeout=0.3)
+    with _write_locked(sqlite_path):
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError, match=r"longer than busy_timeout=0\.3 seconds"):
+            await backend.open()
+        waited = time.monotonic() - started
+    assert 0.25 <= waited < 1.5, f"gave up after {waited:.3f}s"
+    assert not backend.is_open
+    await backend.open()  # the lock gone, the same backend opens
+    await backend.close()
+
+
+async def test_sqlite_backends_opening_a_fresh_file_together_all_open(tmp_path: Path) -> None:
+    """Eight workers opening one fresh file at the same moment all open, round after round (no WAL switch race)."""
+    for round_ in range(40):
+        path = tmp_path / f"fresh{round_}.sqlite3"
+        backends = [DatabaseBackend(path) for _ in range(8)]
+        try:
+            results = await asyncio.gather(*(backend.open() for backend in backends), return_exceptions=True)
+            assert [result for result in results if result is not None] == [], f"round {round_}"
+        finally:
+            await asyncio.gather(*(backend.close() for backend in backends))
 
 
 # -- both databases ----------------------------------------------------------------------------------------
@@ -474,3 +588,96 @@ async def test_postgres_missing_database_raises_improperly_configured(postgres_u
     url = postgres_url.split("?", 1)[0].rsplit("/", 1)[0] + "/asession_no_such_database"
     with pytest.raises(ImproperlyConfigured, match="asession_no_such_database"):
         await DatabaseBackend(url).open()
+
+
+# -- PostgreSQL: command_timeout ---------------------------------------------------------------------------
+
+#: A short command_timeout, so that the tests that run into it stay fast.
+PG_TIMEOUT = 0.3
+
+
+@pytest.fixture
+async def pg_timeout_backend(postgres_url: str, pg_tag: str, pg_cleanup: None) -> AsyncIterator[DatabaseBackend]:
+    """A PostgreSQL backend on its own table with one pooled connection and command_timeout=PG_TIMEOUT."""
+    async with DatabaseBackend(
+        postgres_url, table=pg_tag, min_pool_size=1, max_pool_size=1, command_timeout=PG_TIMEOUT
+    ) as backend:
+        yield backend
+
+
+@contextlib.asynccontextmanager
+async def _table_locked(postgres_url: str, table: str) -> AsyncIterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock on ``table`` from another connection, in an open transaction."""
+    import asyncpg
+
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        async with connection.transaction():
+            await connection.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+            yield
+    finally:
+        await connection.close()
+
+
+async def _fails_in_time(call: Awaitable[object], match: str) -> float:
+    """Await ``call``, which must raise BackendUnavailableError matching ``match``; return the seconds it took."""
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match=match):
+        # The guard turns a hang into a failure (TimeoutError) instead of a stuck test run.
+        await asyncio.wait_for(call, timeout=5)
+    return time.monotonic() - started
+
+
+_LOCKED_CALLS: dict[str, Callable[[DatabaseBackend, str], Awaitable[object]]] = {
+    "load": lambda backend, key: backend.load(key),
+    "save": lambda backend, key: backend.save(key, {"v": 2}, DAY),
+    "create": lambda backend, key: backend.save(keys.new_key(), {"v": 2}, DAY, must_create=True),
+    "update": lambda backend, key: backend.update(key, {"w": 2}, (), DAY),
+    "clear_expired": lambda backend, key: backend.clear_expired(),
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("operation", list(_LOCKED_CALLS))
+async def test_postgres_locked_table_fails_within_command_timeout(
+    pg_timeout_backend: DatabaseBackend, postgres_url: str, pg_tag: str, operation: str
+) -> None:
+    """With the table locked by another transaction, a call raises BackendUnavailableError after command_timeout."""
+    key = keys.new_key()
+    await pg_timeout_backend.save(key, {"v": 1}, DAY)
+    async with _table_locked(postgres_url, pg_tag):
+        waited = await _fails_in_time(_LOCKED_CALLS[operation](pg_timeout_backend, key), "timeout")
+    assert PG_TIMEOUT * 0.9 <= waited < PG_TIMEOUT + 1, f"gave up after {waited:.3f}s"
+
+
+@pytest.mark.postgres
+async def test_postgres_timed_out_connection_serves_the_next_calls(
+    pg_timeout_backend: DatabaseBackend, postgres_url: str, pg_tag: str
+) -> None:
+    """After timed-out load and save on its only connection, the pool answers as soon as the lock is released."""
+    key = keys.new_key()
+    await pg_timeout_backend.save(key, {"v": 1}, DAY)
+    async with _table_locked(postgres_url, pg_tag):
+        await _fails_in_time(pg_timeout_backend.load(key), "did not finish within command_timeout=0.3 seconds")
+        await _fails_in_time(pg_timeout_backend.save(key, {"v": 2}, DAY), "was cancelled")
+    assert await pg_timeout_backend.load(key) == {"v": 1}
+    await pg_timeout_backend.save(key, {"v": 3}, DAY)
+    assert await pg_timeout_backend.load(key) == {"v": 3}
+    assert await pg_timeout_backend.clear_expired() == 0
+
+
+@pytest.mark.postgres
+async def test_postgres_exhausted_pool_fails_within_command_timeout(pg_timeout_backend: DatabaseBackend) -> None:
+    """With the pool's only connection held elsewhere, load and save raise after command_timeout instead of waiting."""
+    from asession.backends._postgres import PostgresDriver
+
+    assert isinstance(pg_timeout_backend.driver, PostgresDriver)
+    key = keys.new_key()
+    await pg_timeout_backend.save(key, {"v": 1}, DAY)
+    async with pg_timeout_backend.driver.pool.acquire():
+        waits = [
+            await _fails_in_time(pg_timeout_backend.load(key), r"max_pool_size=1\)"),
+            await _fails_in_time(pg_timeout_backend.save(key, {"v": 2}, DAY), r"max_pool_size=1\)"),
+        ]
+    assert all(PG_TIMEOUT * 0.9 <= waited < PG_TIMEOUT + 1 for waited in waits), waits
+    assert await pg_timeout_backend.load(key) == {"v": 1}

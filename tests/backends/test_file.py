@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from asession import keys
 from asession.backends import backend_from_url
 from asession.backends.base import SessionBackend
-from asession.backends.file import FILE_PREFIX, TEMP_PREFIX, FileBackend, _unlink_if_unchanged
+from asession.backends.file import FILE_PREFIX, LOCK_PREFIX, TEMP_PREFIX, FileBackend, _unlink_if_unchanged
 from asession.exceptions import CreateError, ImproperlyConfigured, SessionError
 from tests.conftest import Clock
 
@@ -27,6 +28,15 @@ def session_file(directory: Path, key: str) -> Path:
 
 def temp_files(directory: Path) -> list[str]:
     return [name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX)]
+
+
+def stored_files(directory: Path) -> list[str]:
+    """The directory's entries other than the (empty, constant-named) lock files that writes take."""
+    names = sorted(os.listdir(directory))
+    for name in names:
+        if name.startswith(LOCK_PREFIX):
+            assert (directory / name).stat().st_size == 0 and re.fullmatch(r"[0-9a-f]{2}", name[len(LOCK_PREFIX) :])
+    return [name for name in names if not name.startswith(LOCK_PREFIX)]
 
 
 @pytest.mark.parametrize("as_path", [False, True], ids=["str", "pathlib"])
@@ -76,7 +86,7 @@ async def test_files_are_named_by_hash_not_key(file_backend: SessionBackend, ses
     """The only file written is named after the key's SHA-256, and neither its name nor content holds the key."""
     key = keys.new_key()
     await file_backend.save(key, {"v": 1}, DAY)
-    assert os.listdir(session_dir) == [FILE_PREFIX + keys.storage_key(key)]
+    assert stored_files(session_dir) == [FILE_PREFIX + keys.storage_key(key)]
     assert key not in session_file(session_dir, key).read_text()
 
 
@@ -97,7 +107,7 @@ async def test_saves_leave_no_temp_files(file_backend: SessionBackend, session_d
     await file_backend.save(second, {"v": 1}, DAY)
     await file_backend.delete(second)
     assert temp_files(session_dir) == []
-    assert os.listdir(session_dir) == [FILE_PREFIX + keys.storage_key(first)]
+    assert stored_files(session_dir) == [FILE_PREFIX + keys.storage_key(first)]
 
 
 async def test_file_holds_expiry_and_json(file_backend: SessionBackend, session_dir: Path, clock: Clock) -> None:
@@ -187,7 +197,7 @@ async def test_clear_expired_counts_unreadable_session_files(
     session_file(session_dir, unreadable).write_bytes(b"garbage")
     clock.advance(11)
     assert await file_backend.clear_expired() == 2
-    assert os.listdir(session_dir) == [FILE_PREFIX + keys.storage_key(live)]
+    assert stored_files(session_dir) == [FILE_PREFIX + keys.storage_key(live)]
 
 
 async def test_sessions_are_shared_between_backends_on_one_directory(

@@ -290,11 +290,11 @@ async def test_cancelled_load_through_the_backend(fake_redis: Any) -> None:
     first, *others = list(skey_of)
 
     async def handler(command: list[bytes]) -> bytes:
-        if command[0] == b"GET":
+        if command[0] == b"HGETALL":  # a session is a hash: here the one field "key", holding the key's name
             if command[1] == (KEY_PREFIX + keys.storage_key(first)).encode():
                 await asyncio.sleep(0.1)
-            value = b'{"key":"%b"}' % command[1]
-            return b"$%d\r\n%b\r\n" % (len(value), value)
+            value = b'"%b"' % command[1]
+            return b'*2\r\n$5\r\n"key"\r\n$%d\r\n%b\r\n' % (len(value), value)
         return b":0\r\n"
 
     url, _ = await fake_redis(handler)
@@ -322,7 +322,7 @@ async def test_error_and_garbage_replies_surface_as_backend_unavailable(
     answers = iter([reply])
 
     async def handler(command: list[bytes]) -> bytes:
-        if command[0] == b"GET":
+        if command[0] in (b"GET", b"HGETALL"):
             return next(answers, b"$-1\r\n")
         return b":0\r\n"
 
@@ -632,3 +632,229 @@ async def test_connection_refused_names_the_url_without_password() -> None:
     message = str(info.value)
     assert f"redis://user:***@127.0.0.1:{port}/2" in message and "s3cret" not in message
     assert "Connect" in message or "refused" in message
+
+
+# -- bounded time (issue #10) -------------------------------------------------------------------------------------
+
+#: How long a test waits for a command before calling it hung: well past every socket timeout it sets.
+HANG = 3.0
+
+
+async def _finishes(call: Awaitable[Any]) -> BaseException | Any:
+    """The call's result or exception; a call that outlives HANG seconds fails the test as hung."""
+    try:
+        return await asyncio.wait_for(call, HANG)
+    except asyncio.TimeoutError:
+        pytest.fail(f"a Redis call hung for more than {HANG} s")
+    except Exception as exc:
+        return exc
+
+
+@pytest.mark.parametrize("db", ["0", "3"], ids=["no-handshake", "select-handshake"])
+async def test_server_closing_every_connection_fails_each_call_without_hanging(db: str) -> None:
+    """A server that accepts and closes at once: every call fails with ConnectionError instead of hanging."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def accept_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        writer.close()
+
+    server = await asyncio.start_server(accept_then_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RedisClient.from_url(f"redis://127.0.0.1:{port}/{db}?socket_timeout=0.5&max_connections=2")
+    try:
+        for _ in range(6):
+            outcome = await _finishes(client.get("k"))
+            assert isinstance(outcome, (ConnectionError, OSError)), outcome
+        concurrent = await asyncio.gather(*(_finishes(client.get(f"k{i}")) for i in range(20)))
+        assert all(isinstance(outcome, (ConnectionError, OSError)) for outcome in concurrent)
+        assert client.connection_count == 0 and accepted
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_command_on_a_connection_lost_meanwhile_fails_at_once(fake_redis: Any) -> None:
+    """A command handed to a connection that has just failed gets ConnectionError, not a reply that never comes."""
+    url, _ = await fake_redis(echo_key_after({}))
+    client = RedisClient.from_url(url)
+    try:
+        await client.open()
+        [connection] = client._connections
+        connection.fail(ConnectionError("dropped"))
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(connection.send(_redis._command(b"GET", b"k")), HANG)
+        assert await client.get("k") == b"k"  # the client itself reconnects
+    finally:
+        await client.close()
+
+
+@pytest.mark.redis
+async def test_client_kill_storm_under_400_workers_never_hangs(tmp_path: Path) -> None:
+    """CLIENT KILL TYPE normal every 10 ms under 400 concurrent save/load workers: every call ends, then all work."""
+    with running_redis(tmp_path) as server:
+        admin = RedisClient.from_url(f"redis://127.0.0.1:{server.port}/0?client_name=admin")
+        await admin.open()
+        stop = asyncio.Event()
+
+        async def killer() -> None:
+            while not stop.is_set():
+                await _finishes(admin.execute("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+                await asyncio.sleep(0.01)
+
+        async with CacheBackend(f"redis://127.0.0.1:{server.port}/0?socket_timeout=1&max_connections=8") as backend:
+
+            async def worker() -> int:
+                calls = 0
+                key = keys.new_key()
+                while not stop.is_set():
+                    await _finishes(backend.save(key, {"n": calls}, 60))
+                    await _finishes(backend.load(key))
+                    calls += 2
+                return calls
+
+            kill = asyncio.ensure_future(killer())
+            workers = [asyncio.ensure_future(worker()) for _ in range(400)]
+            await asyncio.sleep(1.5)
+            stop.set()
+            done = await asyncio.wait_for(asyncio.gather(*workers), HANG + 2)
+            await kill
+            assert sum(done) > 400
+            key = keys.new_key()
+            await backend.save(key, {"after": True}, 60)
+            assert await backend.load(key) == {"after": True}
+        await admin.close()
+
+
+@pytest.mark.redis
+async def test_maxclients_squeeze_recovers_without_stuck_calls(tmp_path: Path) -> None:
+    """A brief CONFIG SET maxclients 1: calls fail or succeed but none hangs, and all succeed once it is lifted."""
+    with running_redis(tmp_path) as server:
+        admin = RedisClient.from_url(f"redis://127.0.0.1:{server.port}/0")
+        await admin.open()
+        async with CacheBackend(f"redis://127.0.0.1:{server.port}/0?socket_timeout=1&max_connections=8") as backend:
+            key = keys.new_key()
+            await backend.save(key, {"v": 1}, 60)
+            await admin.execute("CONFIG", "SET", "maxclients", "1")
+            await admin.execute("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            squeezed = await asyncio.gather(*(_finishes(backend.load(key)) for _ in range(50)))
+            await admin.execute("CONFIG", "SET", "maxclients", "10000")
+            assert any(isinstance(outcome, BackendUnavailableError) for outcome in squeezed)
+            for _ in range(3):  # connections refused during the squeeze are gone; new ones open
+                outcomes = await asyncio.gather(*(_finishes(backend.load(key)) for _ in range(50)))
+                if all(outcome == {"v": 1} for outcome in outcomes):
+                    break
+            assert all(outcome == {"v": 1} for outcome in outcomes)
+        await admin.close()
+
+
+async def test_server_that_is_not_redis_is_named_as_such(fake_redis: Any) -> None:
+    """A server answering the handshake in another protocol is reported as not Redis, not as a wrong password."""
+    http_server = await asyncio.start_server(_answer_http, "127.0.0.1", 0)
+    port = http_server.sockets[0].getsockname()[1]
+    try:
+        for url in (f"redis://:pw@127.0.0.1:{port}/0", f"redis://127.0.0.1:{port}/4"):
+            with pytest.raises(BackendUnavailableError, match="does not answer like Redis") as info:
+                await asyncio.wait_for(CacheBackend(url).open(), HANG)
+            assert "AuthenticationError" not in str(info.value) and "pw" not in str(info.value)
+    finally:
+        http_server.close()
+        await http_server.wait_closed()
+
+
+async def _answer_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(100)
+    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"$%d\r\n" % (8 * 1024 * 1024) + b"x" * (8 * 1024 * 1024) + b"\r\n",
+        b"+" + b"y" * (200 * 1024),
+        b"$5\r\nab",
+    ],
+    ids=["8-MiB-reply", "endless-line", "reply-cut-mid-way"],
+)
+async def test_hostile_replies_fail_within_the_bound(fake_redis: Any, reply: bytes) -> None:
+    """An 8 MiB reply, a line that never ends and a reply cut short all end in BackendUnavailableError."""
+    answers = iter([reply])
+
+    async def handler(command: list[bytes]) -> bytes:
+        return next(answers, b"$-1\r\n") if command[0] in (b"GET", b"HGETALL") else b":0\r\n"
+
+    url, _ = await fake_redis(handler)
+    async with CacheBackend(url + "?socket_timeout=0.5") as backend:
+        outcome = await _finishes(backend.load(keys.new_key()))
+        assert isinstance(outcome, BackendUnavailableError), outcome
+        assert await _finishes(backend.load(keys.new_key())) is None
+
+
+# -- scripts and hashes (issue #11: sessions merged in the store) ------------------------------------------------
+
+
+async def test_run_sends_evalsha_then_eval_once_the_server_lacks_the_script(fake_redis: Any) -> None:
+    """run() tries EVALSHA; a NOSCRIPT answer (nothing ran) gets the source through EVAL; other errors are raised."""
+    seen: list[list[bytes]] = []
+    script = _redis.Script("return 7")
+
+    async def handler(command: list[bytes]) -> bytes:
+        seen.append(command)
+        if command[0] == b"EVALSHA":
+            if command[3] == b"boom":
+                return b"-ERR boom\r\n"
+            return b"-NOSCRIPT No matching script. Please use EVAL.\r\n"
+        if command[0] == b"EVAL":
+            return b":7\r\n"
+        return b"+OK\r\n"
+
+    url, _ = await fake_redis(handler)
+    client = RedisClient.from_url(url)
+    try:
+        assert await client.run(script, ["k"], ["a", 2, b"b"]) == 7
+        assert seen == [
+            [b"EVALSHA", script.sha, b"1", b"k", b"a", b"2", b"b"],
+            [b"EVAL", b"return 7", b"1", b"k", b"a", b"2", b"b"],
+        ]
+        with pytest.raises(RedisError, match="boom"):
+            await client.run(script, ["boom"], [])
+        assert seen[-1][0] == b"EVALSHA"
+    finally:
+        await client.close()
+
+
+@pytest.mark.redis
+async def test_run_and_hgetall_on_the_shared_redis(redis_url: str) -> None:
+    """A script runs with its keys and arguments; HGETALL answers fields and values, [] when missing, WRONGTYPE else."""
+    client = RedisClient.from_url(redis_url)
+    key = KEY_PREFIX + "client-test-" + keys.new_key()
+    script = _redis.Script("redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return redis.call('HLEN', KEYS[1])")
+    try:
+        assert await client.run(script, [key], ['"f"', "[]"]) == 1
+        assert await client.run(script, [key], ['"g"', "é"]) == 2
+        assert await client.hgetall(key) == [b'"f"', b"[]", b'"g"', "é".encode()]
+        assert await client.hgetall(key + ":missing") == []
+        await client.delete(key)
+        await client.set(key, "text", 60)
+        with pytest.raises(RedisError, match="WRONGTYPE"):
+            await client.hgetall(key)
+    finally:
+        await client.delete(key)
+        await client.close()
+
+
+@pytest.mark.redis
+async def test_sessions_update_after_the_server_forgets_its_scripts(tmp_path: Path) -> None:
+    """After SCRIPT FLUSH (or a restart) every script is sent again through EVAL, and updates keep working."""
+    with running_redis(tmp_path) as server:
+        async with CacheBackend(f"redis://127.0.0.1:{server.port}/0") as backend:
+            key = keys.new_key()
+            await backend.save(key, {"a": 1}, 60)
+            await backend.update(key, {"b": 2}, (), 60)
+            assert await backend._cache.execute("SCRIPT", "FLUSH") == b"OK"
+            await backend.update(key, {"c": 3}, ("a",), 60)
+            await backend.save(keys.new_key(), {"d": 4}, 60, must_create=True)
+            assert await backend.load(key) == {"b": 2, "c": 3}

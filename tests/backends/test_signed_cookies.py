@@ -33,7 +33,7 @@ def security_records(caplog: pytest.LogCaptureFixture, level: int) -> list[loggi
 
 async def test_key_is_the_signed_payload_not_a_stored_record(signed: SignedCookieBackend) -> None:
     """store() returns a URL-safe signed payload that loads back by itself, and never hashes it."""
-    key = await signed.store(None, {"cat": "dog"}, DAY)
+    key = await signed.create({"cat": "dog"}, DAY)
     assert signed.hashes_keys is False
     assert signed.accepts_key(key)
     assert set(key) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -43,8 +43,8 @@ async def test_key_is_the_signed_payload_not_a_stored_record(signed: SignedCooki
 
 async def test_every_store_returns_a_different_key(signed: SignedCookieBackend, clock: Clock) -> None:
     """Two stores of the same data at the same instant give distinct payloads, so cycle_key changes the key."""
-    first = await signed.store(None, {"a": 1}, DAY)
-    second = await signed.store(first, {"a": 1}, DAY)
+    first = await signed.create({"a": 1}, DAY)
+    second = await signed.create({"a": 1}, DAY)
     assert first != second
     assert await signed.load(first) == await signed.load(second) == {"a": 1}
 
@@ -53,7 +53,7 @@ async def test_tampered_payload_loads_empty_and_logs_security_warning(
     signed: SignedCookieBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Changing any character of the payload breaks the signature: None, and a warning on asession.security."""
-    key = await signed.store(None, {"user": 1}, DAY)
+    key = await signed.create({"user": 1}, DAY)
     index = len(key) // 3
     tampered = key[:index] + ("A" if key[index] != "A" else "B") + key[index + 1 :]
     with caplog.at_level(logging.DEBUG, logger="asession.security"):
@@ -68,7 +68,7 @@ async def test_payload_signed_with_unknown_key_loads_empty(
 ) -> None:
     """A payload signed with a secret or salt this backend does not know is foreign: None, logged."""
     async with SignedCookieBackend(OLD_SECRET) as other_secret, SignedCookieBackend(SECRET, salt="other") as other_salt:
-        foreign = [await other_secret.store(None, {"a": 1}, DAY), await other_salt.store(None, {"a": 1}, DAY)]
+        foreign = [await other_secret.create({"a": 1}, DAY), await other_salt.create({"a": 1}, DAY)]
     with caplog.at_level(logging.WARNING, logger="asession.security"):
         for payload in foreign:
             assert await signed.load(payload) is None
@@ -100,10 +100,10 @@ async def test_fallback_key_verifies_old_cookies_and_new_ones_use_the_new_key(
 ) -> None:
     """After rotation a cookie signed with the old secret still loads; new cookies are signed with the new one."""
     async with SignedCookieBackend(OLD_SECRET) as before:
-        old_cookie = await before.store(None, {"user": 7}, DAY)
+        old_cookie = await before.create({"user": 7}, DAY)
         async with SignedCookieBackend(SECRET, fallback_keys=[OLD_SECRET]) as rotated:
             assert await rotated.load(old_cookie) == {"user": 7}
-            new_cookie = await rotated.store(old_cookie, {"user": 7}, DAY)
+            new_cookie = await rotated.create({"user": 7}, DAY)
             with caplog.at_level(logging.WARNING, logger="asession.security"):
                 assert await before.load(new_cookie) is None
         async with SignedCookieBackend(SECRET) as retired:
@@ -142,7 +142,7 @@ async def test_expired_cookie_loads_empty_logged_at_debug_only(
     signed: SignedCookieBackend, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An expired payload loads as None and is logged at DEBUG, not as a warning: expiry is normal."""
-    key = await signed.store(None, {"a": 1}, 10)
+    key = await signed.create({"a": 1}, 10)
     clock.advance(11)
     with caplog.at_level(logging.DEBUG, logger="asession.security"):
         assert await signed.load(key) is None
@@ -153,11 +153,11 @@ async def test_expired_cookie_loads_empty_logged_at_debug_only(
 async def test_repetitive_data_is_compressed(signed: SignedCookieBackend) -> None:
     """Data that zlib shrinks is stored compressed (a leading '.'), small random data is not."""
     repetitive = {"cart": ["the same item"] * 200}
-    key = await signed.store(None, repetitive, DAY)
+    key = await signed.create(repetitive, DAY)
     assert key.startswith(".")
     assert len(key) < len(str(repetitive)) // 4
     assert await signed.load(key) == repetitive
-    small = await signed.store(None, {"n": 1}, DAY)
+    small = await signed.create({"n": 1}, DAY)
     assert not small.startswith(".")
 
 
@@ -165,7 +165,7 @@ async def test_oversized_cookie_raises_session_error_naming_the_size(signed: Sig
     """Incompressible data that would make a cookie over 4096 bytes raises SessionError with the size."""
     big = {"noise": secrets.token_urlsafe(3500)}
     with pytest.raises(SessionError, match=r"would be (\d+) bytes, over the 3896 bytes") as info:
-        await signed.store(None, big, DAY)
+        await signed.create(big, DAY)
     size = int(str(info.value).split("would be ", 1)[1].split(" ", 1)[0])
     assert size > MAX_PAYLOAD_SIZE
     session = Session(signed)
@@ -178,12 +178,12 @@ async def test_oversized_cookie_raises_session_error_naming_the_size(signed: Sig
 async def test_unserializable_data_raises_type_error_naming_the_key(signed: SignedCookieBackend) -> None:
     """store() refuses data JSON cannot carry, naming the key, like every backend."""
     with pytest.raises(TypeError, match="'when'"):
-        await signed.store(None, {"when": {1, 2}}, DAY)
+        await signed.create({"when": {1, 2}}, DAY)
 
 
 async def test_save_delete_and_clear_expired_store_nothing(signed: SignedCookieBackend) -> None:
     """save() and delete() leave a payload valid (there is no server copy) and clear_expired() returns 0."""
-    key = await signed.store(None, {"a": 1}, DAY)
+    key = await signed.create({"a": 1}, DAY)
     await signed.save(key, {"a": 2}, DAY)
     await signed.delete(key)
     assert await signed.load(key) == {"a": 1}
@@ -192,7 +192,7 @@ async def test_save_delete_and_clear_expired_store_nothing(signed: SignedCookieB
 
 async def test_save_must_create_refuses_a_valid_payload(signed: SignedCookieBackend) -> None:
     """save(must_create=True) on a live payload raises CreateError, as for a stored key."""
-    key = await signed.store(None, {"a": 1}, DAY)
+    key = await signed.create({"a": 1}, DAY)
     with pytest.raises(CreateError):
         await signed.save(key, {"a": 1}, DAY, must_create=True)
 

@@ -1,15 +1,21 @@
 """SQLite group commit: queued writes share one transaction, and each caller learns exactly its own outcome.
 
 Writes submitted in one event-loop iteration (``asyncio.gather``), or while a batch is being written,
-run as one ``BEGIN IMMEDIATE ... COMMIT`` on aiosqlite's thread. ``batches`` records the size of every
-batch handed to that thread; ``write_lock`` holds SQLite's write lock from another connection (another
-process, as far as SQLite is concerned) so that a batch can be caught while it runs.
+run as one ``BEGIN IMMEDIATE ... COMMIT`` on the driver's writer thread; updates are items of those batches.
+``batches`` records the size of every batch the writer thread starts; ``write_lock`` holds SQLite's write
+lock from another connection (another process, as far as SQLite is concerned) so that a batch can be
+caught while it runs. The tests watch the driver only through its public behaviour, that spy and the
+thread's name.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import logging
+import re
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -20,10 +26,10 @@ import pytest
 
 from asession import keys
 from asession.backends import _sqlite
-from asession.backends._sqlite import MAX_BATCH, SQLiteDriver
+from asession.backends._sqlite import MAX_BATCH, WRITER_THREAD_NAME, SQLiteDriver
 from asession.backends.base import SessionBackend
 from asession.backends.db import DatabaseBackend
-from asession.exceptions import BackendUnavailableError, CreateError
+from asession.exceptions import BackendUnavailableError, CreateError, SessionError, UpdateError
 
 DAY = 86400
 
@@ -50,15 +56,20 @@ def _run_sql(path: Path, script: str) -> None:
         connection.close()
 
 
+def _writer_threads(path: Path) -> list[threading.Thread]:
+    """The live writer threads of the drivers on ``path``."""
+    return [thread for thread in threading.enumerate() if thread.name == f"{WRITER_THREAD_NAME} {path}"]
+
+
 @pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of statements of every batch run on aiosqlite's thread, in order."""
+    """The number of writes of every batch the writer thread starts, in order (appended on that thread)."""
     sizes: list[int] = []
     original = _sqlite._run_batch
 
-    def spy(writer: Any, statements: list[Any]) -> Any:
-        sizes.append(len(statements))
-        return original(writer, statements)
+    def spy(connection: Any, items: list[Any]) -> Any:
+        sizes.append(len(items))
+        return original(connection, items)
 
     monkeypatch.setattr(_sqlite, "_run_batch", spy)
     return sizes
@@ -91,9 +102,9 @@ async def _until(condition: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def _batch_running(driver: SQLiteDriver) -> None:
-    """Wait until a batch was handed to aiosqlite's thread."""
-    await _until(lambda: driver._batch is not None)
+async def _batch_running(batches: list[int], count: int = 1) -> None:
+    """Wait until the writer thread started its ``count``-th batch."""
+    await _until(lambda: len(batches) >= count)
     await asyncio.sleep(0.05)  # let the thread reach BEGIN IMMEDIATE and wait on the lock
 
 
@@ -170,15 +181,14 @@ async def test_writes_submitted_during_a_batch_form_the_next_batch(
     slow_backend: DatabaseBackend, sqlite_path: Path, batches: list[int]
 ) -> None:
     """While one batch waits for the write lock, newly submitted writes queue up and go together afterwards."""
-    driver = _driver(slow_backend)
     first, later = keys.new_key(), [keys.new_key() for _ in range(5)]
     with write_lock(sqlite_path):
         running = asyncio.create_task(slow_backend.save(first, {"v": 0}, DAY))
-        await _batch_running(driver)
+        await _batch_running(batches)
         queued = [asyncio.create_task(slow_backend.save(key, {"v": 1}, DAY)) for key in later]
         await asyncio.sleep(0.05)
-        driver._start_batch()  # a second batch never starts while one is running
-        assert len(driver._pending) == 5
+        assert batches == [1], "a second batch never starts while one is running"
+        assert not any(task.done() for task in [running, *queued])
     await asyncio.gather(running, *queued)
     assert batches == [1, 5]
     assert _stored(sqlite_path) == 6
@@ -263,7 +273,7 @@ async def test_a_failed_commit_fails_every_caller(
         "CREATE TRIGGER orphan AFTER INSERT ON asession_sessions WHEN NEW.session_data LIKE '%orphan%' "
         "BEGIN INSERT INTO child VALUES (42); END;",
     )
-    await _driver(sqlite_backend).connection.execute("PRAGMA foreign_keys = ON")
+    await _driver(sqlite_backend).run_on_writer(lambda connection: connection.execute("PRAGMA foreign_keys = ON"))
     results = await asyncio.gather(
         sqlite_backend.save(keys.new_key(), {"v": "orphan"}, DAY),
         sqlite_backend.save(keys.new_key(), {"v": "fine"}, DAY),
@@ -305,7 +315,6 @@ async def test_caller_cancelled_before_its_batch_starts_is_dropped(
     key = keys.new_key()
     task = asyncio.create_task(sqlite_backend.save(key, {"v": 1}, DAY))
     await asyncio.sleep(0)  # the save is queued; its batch starts on the next loop iteration
-    assert len(_driver(sqlite_backend)._pending) == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -318,14 +327,13 @@ async def test_caller_cancelled_during_a_batch_does_not_stop_it(
     slow_backend: DatabaseBackend, sqlite_path: Path, batches: list[int]
 ) -> None:
     """Cancelling one caller of a running batch leaves the batch alone: the others get their answers."""
-    driver = _driver(slow_backend)
     cancelled, kept = keys.new_key(), keys.new_key()
     with write_lock(sqlite_path):
         tasks = [
             asyncio.create_task(slow_backend.save(cancelled, {"v": "cancelled"}, DAY)),
             asyncio.create_task(slow_backend.save(kept, {"v": "kept"}, DAY)),
         ]
-        await _batch_running(driver)
+        await _batch_running(batches)
         tasks[0].cancel()
         await asyncio.sleep(0.05)
     await tasks[1]
@@ -341,10 +349,9 @@ async def test_caller_cancelled_during_a_failing_batch_gets_no_error(tmp_path: P
     """The error of a failed batch goes to the callers still waiting, and to no cancelled future."""
     path = tmp_path / "locked.sqlite3"
     async with DatabaseBackend(path, busy_timeout=0.5) as backend:
-        driver = _driver(backend)
         with write_lock(path):
             tasks = [asyncio.create_task(backend.save(keys.new_key(), {"n": n}, DAY)) for n in range(3)]
-            await _batch_running(driver)
+            await _batch_running(batches)
             tasks[1].cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
         assert batches == [3]
@@ -352,33 +359,33 @@ async def test_caller_cancelled_during_a_failing_batch_gets_no_error(tmp_path: P
         assert isinstance(results[1], asyncio.CancelledError)
 
 
-async def test_cancelled_batch_cancels_its_callers(
+async def test_every_caller_cancelled_during_a_batch_leaves_the_driver_working(
     slow_backend: DatabaseBackend, sqlite_path: Path, batches: list[int]
 ) -> None:
-    """If the batch task itself is cancelled (event loop shutdown), its callers are cancelled, not failed."""
-    driver = _driver(slow_backend)
+    """A batch whose callers were all cancelled (a server shutting down) still commits; the next write works."""
+    saved = [keys.new_key() for _ in range(2)]
     with write_lock(sqlite_path):
-        tasks = [asyncio.create_task(slow_backend.save(keys.new_key(), {"n": n}, DAY)) for n in range(2)]
-        await _batch_running(driver)
-        assert driver._batch is not None
-        driver._batch.cancel()
+        tasks = [asyncio.create_task(slow_backend.save(key, {"n": n}, DAY)) for n, key in enumerate(saved)]
+        await _batch_running(batches)
+        for task in tasks:
+            task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(result, asyncio.CancelledError) for result in results)
-    assert driver._batch is None
     key = keys.new_key()
-    await slow_backend.save(key, {"v": "after"}, DAY)  # waits for the abandoned batch on the thread first
+    await slow_backend.save(key, {"v": "after"}, DAY)  # queued behind the abandoned batch on the thread
+    assert batches == [2, 1]
     assert await slow_backend.load(key) == {"v": "after"}
+    assert [await slow_backend.load(key) for key in saved] == [{"n": 0}, {"n": 1}]
 
 
 async def test_close_writes_queued_batches_and_waits_for_the_running_one(sqlite_path: Path, batches: list[int]) -> None:
     """close() during a batch, with more writes queued: all are committed, and nothing is left running."""
     backend = DatabaseBackend(sqlite_path, busy_timeout=5)
     await backend.open()
-    driver = _driver(backend)
     saved = [keys.new_key() for _ in range(4)]
     with write_lock(sqlite_path) as other:
         first = asyncio.create_task(backend.save(saved[0], {"n": 0}, DAY))
-        await _batch_running(driver)
+        await _batch_running(batches)
         queued = [asyncio.create_task(backend.save(key, {"n": n}, DAY)) for n, key in enumerate(saved[1:], 1)]
         await asyncio.sleep(0)  # queued, not yet started
         closing = asyncio.create_task(backend.close())
@@ -388,7 +395,7 @@ async def test_close_writes_queued_batches_and_waits_for_the_running_one(sqlite_
         await closing
     assert await asyncio.gather(first, *queued) == [None] * 4
     assert batches == [1, 3]
-    assert driver._batch is None and not driver._pending and driver._kick is None
+    assert _writer_threads(sqlite_path) == []
     assert asyncio.all_tasks() == {asyncio.current_task()}
     async with DatabaseBackend(sqlite_path) as reopened:
         assert [await reopened.load(key) for key in saved] == [{"n": n} for n in range(4)]
@@ -407,6 +414,29 @@ async def test_close_right_after_queueing_writes_them(sqlite_path: Path, batches
     assert _stored(sqlite_path) == 3
 
 
+async def test_close_with_queued_updates_commits_every_one(sqlite_path: Path, batches: list[int]) -> None:
+    """close() while an update batch waits for the lock and more updates are queued: every key is merged in."""
+    backend = DatabaseBackend(sqlite_path, busy_timeout=5)
+    await backend.open()
+    key = keys.new_key()
+    await backend.save(key, {"start": True}, DAY)
+    with write_lock(sqlite_path) as other:
+        first = asyncio.create_task(backend.update(key, {"k0": 0}, (), DAY))
+        await _batch_running(batches, 2)
+        queued = [asyncio.create_task(backend.update(key, {f"k{n}": n}, (), DAY)) for n in range(1, 6)]
+        await asyncio.sleep(0)
+        closing = asyncio.create_task(backend.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        other.execute("ROLLBACK")
+        await closing
+    assert await asyncio.gather(first, *queued) == [None] * 6
+    assert batches == [1, 1, 5]
+    assert _writer_threads(sqlite_path) == []
+    async with DatabaseBackend(sqlite_path) as reopened:
+        assert await reopened.load(key) == {"start": True, **{f"k{n}": n for n in range(6)}}
+
+
 async def test_cancelled_close_fails_the_writes_not_yet_started(sqlite_path: Path, batches: list[int]) -> None:
     """close() cancelled while it waits: the running batch still finishes, queued writes fail cleanly."""
     backend = DatabaseBackend(sqlite_path, busy_timeout=5)
@@ -415,7 +445,7 @@ async def test_cancelled_close_fails_the_writes_not_yet_started(sqlite_path: Pat
     running_key, queued_key = keys.new_key(), keys.new_key()
     with write_lock(sqlite_path) as other:
         running = asyncio.create_task(backend.save(running_key, {"v": "running"}, DAY))
-        await _batch_running(driver)
+        await _batch_running(batches)
         queued = asyncio.create_task(backend.save(queued_key, {"v": "queued"}, DAY))
         given_up = asyncio.create_task(backend.save(keys.new_key(), {"v": "given up"}, DAY))
         await asyncio.sleep(0)
@@ -433,7 +463,9 @@ async def test_cancelled_close_fails_the_writes_not_yet_started(sqlite_path: Pat
         await given_up
     await running
     assert batches == [1]
-    assert driver._connection is None and not driver._pending
+    assert _writer_threads(sqlite_path) == []
+    with pytest.raises(BackendUnavailableError, match="not open"):
+        await driver.save(keys.storage_key(keys.new_key()), "{}", time.time() + DAY)
     async with DatabaseBackend(sqlite_path) as reopened:
         assert await reopened.load(running_key) == {"v": "running"}
         assert await reopened.load(queued_key) is None
@@ -445,3 +477,155 @@ async def test_driver_write_after_close_raises_backend_unavailable(sqlite_backen
     await sqlite_backend.close()
     with pytest.raises(BackendUnavailableError, match="not open"):
         await driver.save(keys.storage_key(keys.new_key()), "{}", time.time() + DAY)
+    with pytest.raises(BackendUnavailableError, match="not open"):
+        await driver.update(keys.storage_key(keys.new_key()), lambda raw: "{}", time.time() + DAY, time.time())
+
+
+# -- the writer thread ---------------------------------------------------------------------------------------
+
+
+async def test_writer_thread_runs_while_open_and_is_stopped_by_close(sqlite_path: Path) -> None:
+    """open() starts one writer thread per backend and close() ends it: no thread outlives its backend."""
+    assert _writer_threads(sqlite_path) == []
+    backends = [DatabaseBackend(sqlite_path) for _ in range(3)]
+    for backend in backends:
+        await backend.open()
+        await backend.save(keys.new_key(), {"v": 1}, DAY)
+    assert len(_writer_threads(sqlite_path)) == 3
+    await asyncio.gather(*(backend.close() for backend in backends))
+    assert _writer_threads(sqlite_path) == []
+    await backends[0].open()  # a closed backend opens again, with a new thread
+    assert len(_writer_threads(sqlite_path)) == 1
+    await backends[0].close()
+    assert _writer_threads(sqlite_path) == []
+
+
+async def test_failed_open_leaves_no_writer_thread(sqlite_path: Path, tmp_path: Path) -> None:
+    """open() that fails (a lock held beyond busy_timeout, a missing directory) stops the thread it started."""
+    with write_lock(sqlite_path):
+        with pytest.raises(BackendUnavailableError, match="busy_timeout"):
+            await DatabaseBackend(sqlite_path, busy_timeout=0.1).open()
+    assert _writer_threads(sqlite_path) == []
+    missing = tmp_path / "missing" / "sessions.db"
+    with pytest.raises(SessionError, match="doesn't exist"):
+        await DatabaseBackend(missing).open()
+    assert _writer_threads(missing) == []
+
+
+def test_sqlite_driver_uses_no_private_aiosqlite_attribute() -> None:
+    """No module of the package imports aiosqlite or reaches for its private attributes; nothing caps its version."""
+    package = Path(_sqlite.__file__).parent.parent
+    private = {"_execute", "_conn", "_tx", "_thread", "_connection_worker_thread"}
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert all(alias.name.split(".")[0] != "aiosqlite" for alias in node.names), path
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "aiosqlite", path
+        if path.name == "_sqlite.py":
+            used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+            assert not used & private, used & private
+    pyproject = (package.parent / "pyproject.toml").read_text()
+    assert not re.search(r"aiosqlite[^\n]*<", pyproject), "no cap on aiosqlite for the sake of a private API"
+
+
+# -- updates in batches ---------------------------------------------------------------------------------------
+
+
+async def test_update_in_a_batch_sees_the_writes_queued_before_it(
+    sqlite_backend: SessionBackend, batches: list[int]
+) -> None:
+    """Writes and updates submitted together are one batch, run in order: each update merges what precedes it."""
+    created, replaced, deleted = keys.new_key(), keys.new_key(), keys.new_key()
+    await asyncio.gather(sqlite_backend.save(replaced, {"old": True}, DAY), sqlite_backend.save(deleted, {"v": 1}, DAY))
+    assert batches == [2]
+    results = await asyncio.gather(
+        sqlite_backend.save(created, {"a": 1}, DAY, must_create=True),
+        sqlite_backend.update(created, {"b": 2}, (), DAY),
+        sqlite_backend.save(replaced, {"new": True}, DAY),
+        sqlite_backend.update(replaced, {"c": 3}, (), DAY),
+        sqlite_backend.update(created, {"d": 4}, ["a"], DAY),
+        sqlite_backend.delete(deleted),
+        sqlite_backend.update(deleted, {"e": 5}, (), DAY),
+        return_exceptions=True,
+    )
+    assert batches == [2, 7]
+    assert list(results[:6]) == [None] * 6
+    assert isinstance(results[6], UpdateError)
+    assert await sqlite_backend.load(created) == {"b": 2, "d": 4}
+    assert await sqlite_backend.load(replaced) == {"new": True, "c": 3}
+    assert await sqlite_backend.load(deleted) is None
+
+
+async def test_update_whose_merge_fails_fails_only_its_caller(
+    sqlite_backend: SessionBackend, sqlite_path: Path, batches: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Merges that raise (no session, over max_size, corrupt) fail their own callers; the batch commits the rest."""
+    live, big, corrupt, saved = keys.new_key(), keys.new_key(), keys.new_key(), keys.new_key()
+    await asyncio.gather(
+        sqlite_backend.save(live, {"v": 1}, DAY),
+        sqlite_backend.save(big, {"blob": "x" * 600}, DAY),
+        sqlite_backend.save(corrupt, {"v": 1}, DAY),
+    )
+    _run_sql(
+        sqlite_path,
+        f"UPDATE asession_sessions SET session_data = '{{\"tru' WHERE session_key = '{keys.storage_key(corrupt)}'",
+    )
+    sqlite_backend.max_size = 1000
+    with caplog.at_level(logging.WARNING, logger="asession.security"):
+        results = await asyncio.gather(
+            sqlite_backend.update(keys.new_key(), {"a": 1}, (), DAY),
+            sqlite_backend.update(big, {"more": "y" * 600}, (), DAY),
+            sqlite_backend.update(live, {"w": 2}, (), DAY),
+            sqlite_backend.update(corrupt, {"a": 1}, (), DAY),
+            sqlite_backend.save(saved, {"s": 1}, DAY),
+            return_exceptions=True,
+        )
+    assert batches == [3, 5]
+    assert isinstance(results[0], UpdateError)
+    assert isinstance(results[1], SessionError) and "bytes once serialized" in str(results[1])
+    assert results[2] is None and results[4] is None
+    assert isinstance(results[3], UpdateError)
+    assert [r for r in caplog.records if r.name == "asession.security"]
+    assert await sqlite_backend.load(live) == {"v": 1, "w": 2}
+    assert await sqlite_backend.load(big) == {"blob": "x" * 600}
+    assert await sqlite_backend.load(saved) == {"s": 1}
+    assert _stored(sqlite_path) == 4
+
+
+async def test_update_alone_waits_busy_timeout_then_fails_and_writes_nothing(
+    tmp_path: Path, batches: list[int]
+) -> None:
+    """An update blocked by another process's write lock waits busy_timeout, then raises; the session is intact."""
+    path = tmp_path / "locked.sqlite3"
+    async with DatabaseBackend(path, busy_timeout=0.3) as backend:
+        key = keys.new_key()
+        await backend.save(key, {"v": 1}, DAY)
+        with write_lock(path):
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError, match="locked"):
+                await backend.update(key, {"w": 2}, (), DAY)
+            assert time.monotonic() - started >= 0.25
+        assert batches == [1, 1]
+        assert await backend.load(key) == {"v": 1}
+        await backend.update(key, {"w": 2}, (), DAY)
+        assert await backend.load(key) == {"v": 1, "w": 2}
+
+
+async def test_update_reads_the_row_another_process_committed_while_it_waited(
+    slow_backend: DatabaseBackend, sqlite_path: Path, batches: list[int]
+) -> None:
+    """An update waiting for the write lock merges into what the lock holder committed, not into an older copy."""
+    key = keys.new_key()
+    await slow_backend.save(key, {"v": 1}, DAY)
+    with write_lock(sqlite_path) as other:
+        update = asyncio.create_task(slow_backend.update(key, {"mine": True}, (), DAY))
+        await _batch_running(batches, 2)
+        other.execute(
+            "UPDATE asession_sessions SET session_data = ? WHERE session_key = ?",
+            ('{"v": 1, "theirs": true}', keys.storage_key(key)),
+        )
+        other.execute("COMMIT")
+        await update
+    assert await slow_backend.load(key) == {"v": 1, "theirs": True, "mine": True}
