@@ -12,15 +12,21 @@ machine, where the whole in-process session layer of a ``/read`` costs about 7 Â
 (``benchmarks/PROFILE.md``). Here each event loop has one watchdog: a call registers its task and the
 tick at which it becomes overdue (a dict entry, about 0.35 Âµs in all), and a ticker that runs every
 :data:`TICK` seconds while any call is registered cancels the overdue ones. A bounded call therefore
-ends within ``timeout + TICK`` seconds.
+ends within ``timeout + 2 * TICK`` seconds.
+
+Cancelling works only if the driver lets the cancellation through at once. asyncpg does not: a
+cancelled query first sends PostgreSQL a cancel request and returns its connection to the pool, which
+against a black-holed server waits seconds more (measured by ``benchmarks/soak.py``: 503s after 3-5 s
+with a 2 s bound). A backend whose ``prompt_cancellation`` is ``False`` therefore has each call run as
+a task of its own, which the request stops waiting for at the bound, leaving the task to finish its
+clean-up in the background. That costs a task per call, nothing beside a PostgreSQL round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from asession.exceptions import BackendUnavailableError
 
@@ -30,6 +36,7 @@ T = TypeVar("T")
 
 #: Seconds between two checks of the watchdog: how late past its bound a call may be cancelled.
 TICK = 0.05
+_TICKS_PER_SECOND = round(1 / TICK)
 
 
 class _Watchdog:
@@ -44,11 +51,6 @@ class _Watchdog:
         #: Tasks this watchdog cancelled, whose cancellation is still to be turned into an error.
         self.expired: set[asyncio.Task[object]] = set()
         self.timer: asyncio.TimerHandle | None = None
-
-    def due(self, timeout: float) -> int:
-        # The first tick may come at once (the ticker is already running), so one more tick than the
-        # bound holds: a call is cancelled between timeout and timeout + TICK seconds after it started.
-        return self.tick + math.ceil(timeout / TICK) + 1
 
     def arm(self) -> None:
         self.timer = self.loop.call_later(TICK, self.check)
@@ -79,6 +81,28 @@ def _watchdog() -> _Watchdog:
     return watchdog
 
 
+async def _abandoning(call: Awaitable[T], timeout: float, store: object) -> T:
+    """Run ``call`` as a task and stop waiting for it after ``timeout``; it is cancelled and left to finish."""
+    inner = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait((inner,), timeout=timeout)
+    except asyncio.CancelledError:  # the request itself was cancelled: so is its store call
+        inner.cancel()
+        inner.add_done_callback(_retrieve)
+        raise
+    if not done:
+        inner.cancel()
+        inner.add_done_callback(_retrieve)
+        raise BackendUnavailableError(f"{store!r} did not answer within {timeout:g} s.")
+    return inner.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Consume the outcome of an abandoned call, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _uncancel(task: asyncio.Task[object]) -> None:
     uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the task no longer counts as being cancelled
     if uncancel is not None:
@@ -88,19 +112,26 @@ def _uncancel(task: asyncio.Task[object]) -> None:
 async def bounded(call: Awaitable[T], timeout: float | None, store: object) -> T:
     """Await ``call``; past ``timeout`` seconds cancel it and raise :class:`BackendUnavailableError`.
 
-    ``timeout=None`` awaits without a bound. ``store`` names what did not answer in the error (its
+    ``timeout=None``, or a ``store`` whose ``waits`` is ``False`` (it never waits on anything), awaits
+    without a bound. ``store`` names what did not answer in the error (its
     ``repr``, which never shows a password). A call made while the same task already awaits a bounded
     call runs under that outer bound. A cancellation that does not come from the bound (the request's
     own task being cancelled) propagates unchanged.
     """
-    if timeout is None:
+    if timeout is None or not getattr(store, "waits", True):
         return await call
-    watchdog = _watchdog()
+    if not getattr(store, "prompt_cancellation", True):
+        return await _abandoning(call, timeout, store)
+    watchdog = _current
+    if watchdog is None or watchdog.loop is not asyncio.get_running_loop():
+        watchdog = _watchdog()
     task: asyncio.Task[object] | None = asyncio.current_task()
     deadlines = watchdog.deadlines
     if task is None or task in deadlines:
         return await call
-    deadlines[task] = watchdog.due(timeout)
+    # The first tick may come at once (the ticker is already running), so two ticks more than the bound
+    # holds: the call is cancelled between timeout and timeout + 2 * TICK seconds after it started.
+    deadlines[task] = watchdog.tick + int(timeout * _TICKS_PER_SECOND) + 2
     if watchdog.timer is None:
         watchdog.arm()
     try:

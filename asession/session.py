@@ -70,19 +70,21 @@ class Session(AsyncAccessors):
         #: Whether a record of this session is in the store, so that a save updates it.
         self._stored = False
         self._expiry: expiry.CustomExpiry = None
-        self._reset_changes()
+        # What _reset_changes() sets, inline: a session is built on every request.
+        self._expiry_changed = self._replace = self._marked = False
+        self._changed: set[str] | None = None
+        self._removed: set[str] | None = None
+        self._snapshots: dict[str, str] | None = None
         self.modified = False
         self.accessed = False
 
     def _reset_changes(self) -> None:
-        self._expiry_changed = False
-        #: Keys set since the last load or save; keys deleted; whether clear() replaced the whole mapping.
-        self._changed: set[str] | None = None
-        self._removed: set[str] | None = None
-        self._replace = False
-        self._marked = False
-        #: The JSON of each nested list or dict as handed out, to detect changes made in place.
-        self._snapshots: dict[str, str] | None = None
+        """Forget what changed: keys set and deleted since the last load or save, clear() (replace the whole
+        stored mapping), mark_modified(), and the JSON of each nested value handed out (to detect changes
+        made in place)."""
+        self._expiry_changed = self._replace = self._marked = False
+        self._changed = self._removed = None
+        self._snapshots = None
 
     # -- identity -----------------------------------------------------------------------------------
 
@@ -357,11 +359,9 @@ class Session(AsyncAccessors):
         if self._loaded:
             return
         backend = self._backend
-        data = await bounded(
-            backend.load(self._key),  # type: ignore[arg-type]  # unloaded implies a key
-            self._config.store_timeout,
-            backend,
-        )
+        call = backend.load(self._key)  # type: ignore[arg-type]  # unloaded implies a key
+        # bounded() inline for the store that never waits: this runs on every request with a cookie.
+        data = await (bounded(call, self._config.store_timeout, backend) if backend.waits else call)
         if data is None:
             self._key = None
         else:
@@ -393,21 +393,29 @@ class Session(AsyncAccessors):
             await bounded(backend.save(key, self._snapshot(), age, must_create=True), config.store_timeout, backend)
         elif key is not None and self._stored and backend.merges:
             changes = self._changes()
-            await bounded(
-                backend.update(key, changes.changed, changes.removed, age, replace=changes.replace),
-                config.store_timeout,
-                backend,
-            )
+            call = backend.update(key, changes.changed, changes.removed, age, replace=changes.replace)
+            await (bounded(call, config.store_timeout, backend) if backend.waits else call)
         else:
             self._key = await self._create(age)
         self._stored = True
-        self._reset_changes()
+        # _reset_changes(), inline: this runs on every saving request.
+        self._expiry_changed = self._replace = self._marked = False
+        self._changed = self._removed = self._snapshots = None
 
     def _changes(self) -> Changes:
         """What this request did to the session since it was loaded (or last saved)."""
         if self._replace:
             return Changes(self._snapshot(), replace=True)
-        keys = set(self._changed or ())
+        changed_keys = self._changed
+        if (
+            changed_keys is not None
+            and self._snapshots is None
+            and self._removed is None
+            and not self._marked
+            and not self._expiry_changed
+        ):  # the usual write: keys set, nothing else to look at
+            return Changes({key: dict.__getitem__(self, key) for key in changed_keys if dict.__contains__(self, key)})
+        keys = set(changed_keys or ())
         keys.update(self._changed_in_place())
         removed = set(self._removed or ())
         if self._marked or (self.modified and not keys and not removed and not self._expiry_changed):

@@ -223,7 +223,8 @@ def check_correctness(base_url: str, stateful: bool) -> str | None:
 
     ``/none`` without a cookie sets none; ``/login`` sets one; three ``/write`` with that cookie (following
     any new Set-Cookie, as a browser would) answer 1, 2, 3; ``/read`` then answers 3; a second login is a
-    different session that reads 0 and leaves the first one at 3.
+    different session that reads 0 and leaves the first one at 3. A stateless variant (the bare app, the
+    calibration points) only has to answer 200 on every timed route.
     """
     import httpx
 
@@ -241,7 +242,7 @@ def check_correctness(base_url: str, stateful: bool) -> str | None:
             if response.status_code != 200:
                 return f"/none answered {response.status_code}"
             if not stateful:
-                for path in ("/login", "/read", "/write"):
+                for path in ("/login", "/read", "/write", "/parallel"):
                     if (status := get(client, path, None).status_code) != 200:
                         return f"{path} answered {status}"
                 return None
@@ -267,6 +268,39 @@ def check_correctness(base_url: str, stateful: bool) -> str | None:
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def login_cookie(base_url: str) -> str | None:
+    """Log in once (``GET /login`` without a cookie); the ``name=value`` of the cookie it set, or ``None``."""
+    import httpx
+
+    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        values = client.get("/login").headers.get_list("set-cookie")
+    return values[-1].split(";", 1)[0].strip() if values else None
+
+
+@dataclass
+class SessionKeys:
+    """What ``/keys`` says after a ``/parallel`` run: the session's ``k*`` keys and those the server wrote."""
+
+    held: list[str]
+    written: list[str]
+
+    @property
+    def lost(self) -> list[str]:
+        return [key for key in self.written if key not in self.held]
+
+
+def session_keys(base_url: str, cookie: str) -> SessionKeys:
+    """Read the shared session back with one ``GET /keys`` carrying ``cookie``; raises if the answer is not 200."""
+    import httpx
+
+    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        response = client.get("/keys", headers={"cookie": cookie})
+    if response.status_code != 200:
+        raise RuntimeError(f"/keys answered {response.status_code}")
+    body = response.json()
+    return SessionKeys(held=list(body["held"]), written=list(body["written"]))
 
 
 # -- wrk -----------------------------------------------------------------------------------------------
@@ -302,14 +336,23 @@ def run_wrk(
     *,
     keys_file: Path | None = None,
     cookie_name: str = "session",
+    cookie: str | None = None,
 ) -> WrkResult:
-    """Run wrk (one thread, pinned to core 1) against ``url + path`` for ``duration`` seconds."""
+    """Run wrk (one thread, pinned to core 1) against ``url + path`` for ``duration`` seconds.
+
+    ``mode`` is one of ``session.lua``'s: ``login``, ``none``, ``keys`` (with ``keys_file``) or ``shared``
+    (with ``cookie``, the ``name=value`` every connection sends; the result's ``cookies`` then hold the
+    shared cookie as it stood at the end).
+    """
     args = [mode, path]
     if mode == "login":
         args.append(str(connections))
     elif mode == "keys":
         assert keys_file is not None
         args += [str(keys_file), cookie_name]
+    elif mode == "shared":
+        assert cookie is not None
+        args.append(cookie)
     cmd = pinned(
         [
             "wrk",

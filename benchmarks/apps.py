@@ -1,12 +1,18 @@
 """The benchmarked ASGI apps: one Starlette app, and one table of session layers to put in front of it.
 
-Every variant serves the same four endpoints through the same code, so the only difference between two
-variants is the session middleware (and its store):
+Every variant serves the same endpoints through the same code, so the only difference between two variants
+is the session middleware (and its store):
 
-``/login``  creates the session (``counter = 0``, plus ``BENCH_PAYLOAD`` bytes of padding) and so sets a cookie
-``/read``   reads one value and returns it
-``/write``  increments the counter, so every request saves, and returns the new value
-``/none``   never touches the session (the harness sends it no cookie): the cost of installing the middleware
+``/login``     creates the session (``counter = 0``, plus ``BENCH_PAYLOAD`` bytes of padding) and so sets a cookie
+``/read``      reads one value and returns it
+``/write``     increments the counter, so every request saves, and returns the new value
+``/none``      never touches the session (the harness sends it no cookie): the cost of installing the middleware
+``/parallel``  sets one key picked at random among ``k0`` … ``k15`` (:data:`PARALLEL_KEYS`) to the next value of a
+               process-wide counter and returns it; the harness sends it many overlapping requests that all
+               carry one shared session cookie, so concurrent saves of one session meet
+``/keys``      not timed: JSON ``{"held": [...], "written": [...]}``, the ``k*`` keys the request's session holds
+               and the distinct ``k*`` keys this server process has written (``/parallel`` records them), read
+               once after a ``/parallel`` run to see whether overlapping saves lost keys
 
 ``uvicorn --factory benchmarks.apps:create_app`` builds the variant named by ``BENCH_VARIANT``. Where the
 stores live comes from the environment, which ``benchmarks/run.py`` sets: ``BENCH_DIR`` (a scratch directory
@@ -16,7 +22,9 @@ for SQLite and files), ``BENCH_SQLITE_PATH``, ``BENCH_REDIS_URL``, ``BENCH_POSTG
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,11 +34,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["VARIANTS", "Variant", "create_app", "settings"]
+__all__ = ["PARALLEL_KEYS", "VARIANTS", "Variant", "create_app", "settings"]
 
 SECRET_KEY = "benchmark-secret-key-not-for-production-use-0123456789"
 
@@ -95,11 +103,36 @@ async def none(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
+#: The keys ``/parallel`` writes: a bounded set, so the shared session stays small however long the run.
+PARALLEL_KEYS = tuple(f"k{i}" for i in range(16))
+_parallel_values = itertools.count(1)
+#: The distinct keys of :data:`PARALLEL_KEYS` this process has written, for ``/keys``. The harness runs
+#: ``/parallel`` once per server process, so these are the keys of that one run.
+_parallel_written: set[str] = set()
+
+
+async def parallel(request: Request) -> PlainTextResponse:
+    session = _session(request)
+    key = random.choice(PARALLEL_KEYS)
+    value = next(_parallel_values)
+    session[key] = value
+    _parallel_written.add(key)
+    return PlainTextResponse(str(value))
+
+
+async def keys(request: Request) -> JSONResponse:
+    session = _session(request)
+    held = [key for key in PARALLEL_KEYS if key in session]
+    return JSONResponse({"held": held, "written": [key for key in PARALLEL_KEYS if key in _parallel_written]})
+
+
 ROUTES = [
     Route("/login", login),
     Route("/read", read),
     Route("/write", write),
     Route("/none", none),
+    Route("/parallel", parallel),
+    Route("/keys", keys),
 ]
 
 

@@ -20,8 +20,9 @@ from ``INFO cpu`` (the server is shared too, so that column is indicative only).
 - ``x64 keys``: 64 tasks, each updating its own session (64 wrk connections on one worker).
 - ``x24 1 session``: 24 tasks updating distinct keys of *one* session at once; every key must survive,
   and the string design's compare-and-set retries are counted.
-- ``/read``: ``load()``; ``/write``: ``load()`` then ``update()`` of the counter: the request path of
-  ``benchmarks/apps.py``, 64 sessions at once.
+- ``/read``: ``load()``; ``/write``: ``load()`` then ``update()`` of the counter, 64 sessions at once.
+- the request path: ``benchmarks/apps.py``'s /read and /write through ``SessionMiddleware`` on each design,
+  called in this process (no HTTP server), 64 sessions at once, beside the bare app.
 
 Every session it writes is deleted at the end; nothing else in the database is touched.
 """
@@ -204,8 +205,69 @@ def table(figures: dict[str, dict[str, tuple[float, ...]]]) -> str:
     return "\n".join(lines)
 
 
+async def app_path(url: str, requests: int, repeat: int) -> str:
+    """CPU µs per request of ``benchmarks/apps.py``'s /read and /write over each design, 64 sessions at once.
+
+    The whole ASGI request path in this process (middleware, session, backend, client) without the HTTP
+    server, which the designs share; runs interleave the designs and the bare app, the best run is kept.
+    """
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+
+    from asession import SessionMiddleware
+    from benchmarks.apps import ROUTES
+    from benchmarks.micro import _Collector, _lifespan, _receive, _scope
+
+    apps: dict[str, tuple[Any, dict[str, Any], list[bytes | None], CacheBackend | None]] = {}
+    for name, design in [("bare", None), *DESIGNS.items()]:
+        backend = None if design is None else design(url)
+        middleware = [] if backend is None else [Middleware(SessionMiddleware, backend=backend)]
+        app = Starlette(routes=ROUTES, middleware=middleware)
+        state: dict[str, Any] = {}
+        await _lifespan(app, "startup", state)
+        cookies: list[bytes | None] = []
+        for _ in range(CONCURRENCY):
+            collector = _Collector()
+            await app(_scope("/login", None), _receive, collector)
+            cookies.append(collector.cookie)
+        apps[name] = (app, state, cookies, backend)
+
+    async def client(app: Any, endpoint: str, cookie: bytes | None, count: int) -> None:
+        collector = _Collector()
+        for _ in range(count):
+            await app(_scope(endpoint, cookie), _receive, collector)
+        assert collector.status == 200, (endpoint, collector.status)
+
+    best: dict[tuple[str, str], float] = {}
+    count = requests // CONCURRENCY
+    try:
+        for _ in range(repeat):
+            for endpoint in ("/read", "/write"):
+                for name, (app, _, cookies, _) in apps.items():
+                    cpu = time.process_time()
+                    await asyncio.gather(*(client(app, endpoint, cookie, count) for cookie in cookies))
+                    cpu = (time.process_time() - cpu) / (count * CONCURRENCY) * 1e6
+                    best[name, endpoint] = min(best.get((name, endpoint), float("inf")), cpu)
+    finally:
+        for app, state, cookies, backend in apps.values():
+            if backend is not None:
+                for cookie in cookies:
+                    if cookie:
+                        await backend.delete(cookie.split(b"=", 1)[1].decode())
+            await _lifespan(app, "shutdown", state)
+    lines = [
+        "| endpoint | bare CPU µs | " + " | ".join(f"{name} CPU µs (+ over bare)" for name in DESIGNS) + " |",
+        "| --- | ---: |" + " ---: |" * len(DESIGNS),
+    ]
+    for endpoint in ("/read", "/write"):
+        bare = best["bare", endpoint]
+        cells = [f"{best[name, endpoint]:.1f} (+{best[name, endpoint] - bare:.1f})" for name in DESIGNS]
+        lines.append(f"| {endpoint} | {bare:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 async def survey(url: str, ops: int, repeat: int) -> str:
-    out = []
+    out = [f"### The request path of benchmarks/apps.py, in process\n\n{await app_path(url, 16 * ops, repeat)}"]
     for label, pad in (("session {counter}", ""), ("session {counter, 4 KB pad}", PAD)):
         figures = {design: await measure(design, url, ops, repeat, pad) for design in DESIGNS}
         out.append(f"### {label}\n\n{table(figures)}")

@@ -1,4 +1,8 @@
-"""Turning measurements into the Markdown report and the PNG charts."""
+"""Turning measurements into the Markdown report and the PNG charts.
+
+Every table and the ratios chart cover the timed endpoints of :data:`ENDPOINTS`; ``/parallel`` also gets
+a table of its own: how many of the keys written the one shared session still holds after the run.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.apps import VARIANTS
 
-ENDPOINTS = ("/none", "/read", "/write")
+ENDPOINTS = ("/none", "/read", "/write", "/parallel")
 
 
 @dataclass
@@ -54,6 +58,10 @@ class Results:
     payload_status: dict[str, str] = field(default_factory=dict)
     # store -> (rows, seconds, deleted) or a reason it was not measured
     clear_expired: dict[str, tuple[int, float, int] | str] = field(default_factory=dict)
+    # (variant, round) -> (keys written that the shared session still holds after /parallel, distinct keys written)
+    parallel_keys: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    # variant -> why its /parallel keys could not be counted
+    parallel_unjudged: dict[str, str] = field(default_factory=dict)
 
     def _in_round(self, variant: str, endpoint: str, rnd: int) -> list[Measurement]:
         return [m for m in self.measurements if m.variant == variant and m.endpoint == endpoint and m.round == rnd]
@@ -117,11 +125,13 @@ def ratio_of(results: Results, variant: str, endpoint: str) -> float | None:
 
 def markdown(results: Results, variants: Sequence[str]) -> str:
     """The tables of the report, without the machine header."""
+    header = " | ".join(ENDPOINTS)
+    columns = " | ".join("---:" for _ in ENDPOINTS)
     lines = [
         f"### Ratios to the bare app (median of {results.rounds} round(s), min–max in brackets)",
         "",
-        "| variant | /none | /read | /write | status |",
-        "| --- | ---: | ---: | ---: | --- |",
+        f"| variant | {header} | status |",
+        f"| --- | {columns} | --- |",
     ]
     for name in variants:
         cells = [_median_range(results.ratios(name, e), ".2f") for e in ENDPOINTS]
@@ -133,8 +143,8 @@ def markdown(results: Results, variants: Sequence[str]) -> str:
         "Usually steadier than req/s when other processes share the machine; it leaves out time spent waiting for",
         "Redis, PostgreSQL or memcached, whose own CPU is not counted.",
         "",
-        "| variant | /none | /read | /write |",
-        "| --- | ---: | ---: | ---: |",
+        f"| variant | {header} |",
+        f"| --- | {columns} |",
     ]
     for name in variants:
         cells = [_median_range(results.cpu_ratios(name, e), ".2f") for e in ENDPOINTS]
@@ -169,9 +179,43 @@ def markdown(results: Results, variants: Sequence[str]) -> str:
             f"Noise: the bare app's last run of a round over its first ranged {min(drift):.2f}–{max(drift):.2f} "
             "(1.00 = the machine did not move during the round).",
         ]
+    lines += _parallel_table(results, variants)
     lines += _scaling_tables(results)
     lines += _target_table(results)
     return "\n".join(lines) + "\n"
+
+
+def _parallel_table(results: Results, variants: Sequence[str]) -> list[str]:
+    """/parallel's correctness figure: the keys the shared session kept, per variant and round."""
+    shown = [n for n in variants if n in results.parallel_unjudged or any(v == n for v, _ in results.parallel_keys)]
+    if not shown:
+        return []
+    lines = [
+        "",
+        "### /parallel: keys kept by the one shared session",
+        "",
+        "Every /parallel request sets one of 16 keys (`k0`…`k15`, picked at random) in the one session all the",
+        "connections share. After the run one `GET /keys`, with the shared cookie as the client last had it, reads",
+        "the session back: kept = the keys written that the session still holds, over the distinct keys the server",
+        "wrote. A store that merges overlapping saves key by key keeps them all; one that saves the whole session",
+        "(the last response wins) can drop keys written by overlapping requests. Each key is written many times",
+        "in a run, so a whole-session store can still end with all of them: a full count shows that no key was",
+        "lost at the end, not that no update was.",
+        "",
+        "| variant | kept / written (per round) | all kept |",
+        "| --- | --- | --- |",
+    ]
+    for name in shown:
+        counts = [
+            results.parallel_keys[(name, rnd)] for rnd in range(results.rounds) if (name, rnd) in results.parallel_keys
+        ]
+        cells = ", ".join(f"{kept}/{written}" for kept, written in counts) or "–"
+        if name in results.parallel_unjudged:
+            verdict = f"cannot be judged: {results.parallel_unjudged[name]}"
+        else:
+            verdict = "yes" if all(kept == written for kept, written in counts) else "**no**"
+        lines.append(f"| {name} | {cells} | {verdict} |")
+    return lines
 
 
 def _size(n: int) -> str:
@@ -235,11 +279,11 @@ def _scaling_tables(results: Results) -> list[str]:
             "| store | rows | seconds | deleted |",
             "| --- | ---: | ---: | ---: |",
         ]
-        for store, value in sorted(results.clear_expired.items()):
-            if isinstance(value, str):
-                lines.append(f"| {store} | – | – | {value} |")
+        for store, outcome in sorted(results.clear_expired.items()):
+            if isinstance(outcome, str):
+                lines.append(f"| {store} | – | – | {outcome} |")
             else:
-                rows, seconds, deleted = value
+                rows, seconds, deleted = outcome
                 lines.append(f"| {store} | {rows:,} | {seconds:.2f} | {deleted:,} |")
     return lines
 
@@ -303,17 +347,17 @@ def _target_table(results: Results) -> list[str]:
 def charts(results: Results, variants: Sequence[str], directory: Path, suffix: str = "") -> list[Path]:
     """Draw ratios.png and scaling.png; returns the files written (none when matplotlib is missing)."""
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return []
     written = []
     shown = [v for v in variants if v != "bare" and any(results.ratios(v, e) for e in ENDPOINTS)]
     if shown:
-        fig, ax = plt.subplots(figsize=(10, 0.55 * len(shown) + 1.5))
-        height = 0.27
+        fig, ax = plt.subplots(figsize=(10, 0.7 * len(shown) + 1.5))
+        height = 0.8 / len(ENDPOINTS)
         for offset, endpoint in enumerate(ENDPOINTS):
             medians, lows, highs, ys = [], [], [], []
             for index, name in enumerate(shown):
@@ -321,7 +365,7 @@ def charts(results: Results, variants: Sequence[str], directory: Path, suffix: s
                 if not values:
                     continue
                 med = statistics.median(values)
-                ys.append(index + (offset - 1) * height)
+                ys.append(index + (offset - (len(ENDPOINTS) - 1) / 2) * height)
                 medians.append(med)
                 lows.append(med - min(values))
                 highs.append(max(values) - med)

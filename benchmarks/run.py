@@ -5,11 +5,13 @@
 
 For each variant of ``benchmarks/apps.py``: start one uvicorn worker (uvloop, httptools, no access log)
 pinned to core 0, check that it keeps sessions correctly, then drive ``/none``, ``/read`` and ``/write``
-with wrk from core 1 (64 connections, each with its own session). Rounds interleave the variants, bare
-app first and last, and each variant's req/s is divided by the bare app's in the same round. Then the
-scaling runs: /read against 1k / 100k / 1M stored sessions on SQLite, PostgreSQL and Redis; payloads of
-100 B / 1 KB / 4 KB; ``clear_expired()`` on 1M expired rows. Only 127.0.0.1 is loaded; every server and
-wrk process is stopped at the end, on Ctrl-C too; the pre-populated data is removed.
+with wrk from core 1 (64 connections, each with its own session), and ``/parallel`` (the 64 connections
+share one session and each request sets one of 16 keys; one ``GET /keys`` afterwards counts the keys the
+session kept). Rounds interleave the variants, bare app first and last, and each variant's req/s is
+divided by the bare app's in the same round. Then the scaling runs: /read against 1k / 100k / 1M stored
+sessions on SQLite, PostgreSQL and Redis; payloads of 100 B / 1 KB / 4 KB; ``clear_expired()`` on 1M
+expired rows. Only 127.0.0.1 is loaded; every server and wrk process is stopped at the end, on Ctrl-C
+too; the pre-populated data is removed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
 
 from benchmarks import _harness as h
 from benchmarks import populate, report
-from benchmarks.apps import DEFAULTS, VARIANTS
+from benchmarks.apps import DEFAULTS, PARALLEL_KEYS, VARIANTS
 
 HERE = Path(__file__).resolve().parent
 ENDPOINTS = report.ENDPOINTS
@@ -271,7 +273,7 @@ class Runner:
                 self._run_variant(name, rnd, slot, label)
 
     def _variant_cost(self) -> float:
-        return len(ENDPOINTS) * (self.args.duration + 0.3) + self.args.warmup + 1.5
+        return float(len(ENDPOINTS) * (self.args.duration + 0.3) + self.args.warmup + 1.5)
 
     def _run_variant(self, name: str, rnd: int, slot: int, label: str) -> None:
         variant = VARIANTS[name]
@@ -289,9 +291,19 @@ class Runner:
                 self._advance(self._variant_cost(), label + " (failed)")
                 return
             for index, endpoint in enumerate(ENDPOINTS):
-                mode = "login" if variant.stateful and endpoint != "/none" else "none"
+                mode = _mode(variant.stateful, endpoint)
+                shared = None
+                if mode == "shared":
+                    # One login for all the connections; the run then overlaps writes of that one session.
+                    shared = h.login_cookie(server.url)
+                    if shared is None:
+                        self.results.status[name] = f"failed: /login set no cookie to share on {endpoint}"
+                        self._advance(self.args.duration + 0.3, f"{label} {endpoint} (failed)")
+                        continue
                 # Only a fresh server needs warming up; each wrk run still logs its connections in first.
-                result = self.wrk(server, endpoint, mode, warm_up=index == 0)
+                result = self.wrk(server, endpoint, mode, warm_up=index == 0, cookie=shared)
+                if shared is not None:
+                    self._count_kept_keys(server, name, rnd, shared, result.cookies)
                 measured.append(
                     report.Measurement(
                         name,
@@ -321,6 +333,18 @@ class Runner:
             self.results.measurements += measured
             self._advance(1.5, label)
         self.results.status.setdefault(name, "ok")
+
+    def _count_kept_keys(self, server: h.Server, name: str, rnd: int, shared: str, final: list[str]) -> None:
+        """After /parallel: read the shared session back through /keys with the cookie as the client last had it."""
+        cookie = final[-1] if final else shared
+        try:
+            keys = h.session_keys(server.url, cookie)
+        except Exception as exc:
+            self.results.parallel_unjudged[name] = "/keys failed: " + _one_line(f"{type(exc).__name__}: {exc}")
+        else:
+            self.results.parallel_keys[(name, rnd)] = (len(keys.written) - len(keys.lost), len(keys.written))
+        if server.variant == "asession-memcached":
+            asyncio.run(_forget(self.env.memcached_url, sorted({shared, cookie})))
 
     # -- scaling ---------------------------------------------------------------------------------------
 
@@ -451,13 +475,13 @@ class Runner:
             self._advance(self._fill_cost(store, self.args.expired) + 2, f"clear_expired {store}")
 
     def _run_cost(self) -> float:
-        return self.args.duration + self.args.warmup + 1.5
+        return float(self.args.duration + self.args.warmup + 1.5)
 
     def _fill_cost(self, store: str, size: int) -> float:
         return size * {"sqlite": 8e-6, "postgres": 1.2e-5, "redis": 1.5e-5}[store]
 
     def _scaling_cost(self, store: str) -> float:
-        return (
+        return float(
             self._fill_cost(store, max(self.args.sizes))
             + 3 * self.args.rounds * len(self.args.sizes) * self._run_cost()
         )
@@ -481,6 +505,14 @@ async def _time_clear_expired(backend: Any) -> tuple[float, int]:
         return time.perf_counter() - start, deleted
     finally:
         await backend.close()
+
+
+def _mode(stateful: bool, endpoint: str) -> str:
+    """The session.lua mode for an endpoint: no cookie for /none and the stateless apps, one shared session
+    for /parallel, a session per connection otherwise."""
+    if not stateful or endpoint == "/none":
+        return "none"
+    return "shared" if endpoint == "/parallel" else "login"
 
 
 def _one_line(text: str) -> str:
@@ -559,8 +591,11 @@ def write_report(args: argparse.Namespace, argv: list[str], results: report.Resu
     method = (
         f"Each timed run is wrk for {args.duration} s with {args.connections} connections{warm_up}; /read and "
         "/write connections each log in first (GET /login) and send their own cookie on every request, /none "
-        "sends no cookie. A ratio is the variant's req/s over the mean of the two bare runs (first and last) of "
-        "the same round. Absolute numbers on a shared 2-core machine are noise; ratios are the result."
+        "sends no cookie. For /parallel the harness logs in once and every connection sends that one cookie "
+        "(following a new Set-Cookie for it, as a browser's cookie jar would), so the requests in flight all "
+        f"write the same session, each setting one of {len(PARALLEL_KEYS)} keys; the bare app gets no cookie. "
+        "A ratio is the variant's req/s over the mean of the two bare runs (first and last) of the same round. "
+        "Absolute numbers on a shared 2-core machine are noise; ratios are the result."
     )
     chart_lines = [f"![{p.stem}]({p.name})" for p in charts]
     if (HERE / "PROFILE.md").exists():

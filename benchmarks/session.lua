@@ -12,9 +12,16 @@
 --   wrk ... -- keys PATH KEYS_FILE COOKIE_NAME
 --       GET PATH with a cookie picked at random from KEYS_FILE (one key a line) for each request: reads
 --       spread over a pre-populated store.
+--   wrk ... -- shared PATH NAME=VALUE
+--       One session for every connection: GET PATH with the cookie NAME=VALUE (the harness logged in
+--       once), so the requests in flight all share it. Like a browser's one cookie jar, a Set-Cookie for
+--       NAME with a new value replaces the cookie the following requests send (a cookie-stored session
+--       lives in the cookie itself); a Set-Cookie that deletes the cookie (empty value or Max-Age=0) is
+--       not followed, the answer is counted as it comes. No login requests.
 --
 -- done() prints one line "WRKJSON {...}" with the totals, the latency percentiles in microseconds, the
--- number of non-2xx answers, the logins, and "WRKCOOKIE name=value" lines for the sessions it created.
+-- number of non-2xx answers, the logins, and "WRKCOOKIE name=value" lines: the sessions it created
+-- (login), or the shared cookie as it stood at the end (shared).
 
 mode = "login"
 path = "/read"
@@ -29,6 +36,8 @@ key_requests = {}
 local threads = {}
 local login_request = nil
 local plain_request = nil
+local shared_prefix = nil
+local shared_request = nil
 
 function setup(thread)
    thread:set("id", #threads + 1)
@@ -52,6 +61,11 @@ function init(args)
       end
       file:close()
       math.randomseed(os.time() * 1000 + (id or 0))
+   elseif mode == "shared" then
+      local cookie = assert(args[3], "shared mode needs the cookie NAME=VALUE")
+      shared_prefix = assert(string.match(cookie, "^([^=]+=)"), "the shared cookie must be NAME=VALUE")
+      pool = { cookie }
+      shared_request = wrk.format("GET", path, { Cookie = cookie })
    end
 end
 
@@ -60,6 +74,8 @@ function request()
       return plain_request
    elseif mode == "keys" then
       return key_requests[math.random(#key_requests)]
+   elseif mode == "shared" then
+      return shared_request
    end
    if #pool < wanted then
       logins = logins + 1
@@ -73,6 +89,10 @@ function response(status, headers, body)
    if status < 200 or status > 299 then
       non2xx = non2xx + 1
    end
+   if mode == "shared" then
+      follow_shared(headers)
+      return
+   end
    if mode == "login" and #pool < wanted then
       for name, value in pairs(headers) do
          if string.lower(name) == "set-cookie" then
@@ -80,6 +100,23 @@ function response(status, headers, body)
             if cookie then
                table.insert(pool, cookie)
                table.insert(requests_by_cookie, wrk.format("GET", path, { Cookie = cookie }))
+            end
+         end
+      end
+   end
+end
+
+-- The browser's cookie jar in shared mode: adopt a new value of the shared cookie, ignore deletions.
+function follow_shared(headers)
+   for name, value in pairs(headers) do
+      if string.lower(name) == "set-cookie" then
+         local cookie = string.match(value, "^%s*([^;]+)")
+         if cookie and cookie ~= pool[1] and string.sub(cookie, 1, #shared_prefix) == shared_prefix then
+            local bare = string.sub(cookie, #shared_prefix + 1)
+            local max_age = tonumber(string.match(string.lower(value), "max%-age=(%d+)"))
+            if bare ~= "" and bare ~= '""' and max_age ~= 0 then
+               pool[1] = cookie
+               shared_request = wrk.format("GET", path, { Cookie = cookie })
             end
          end
       end

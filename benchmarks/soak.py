@@ -21,9 +21,10 @@ cycling through ``--faults`` (shuffled by ``--seed`` unless given):
 Latency, black-hole, bandwidth and lock windows outlast the bound, so that only asession's own timeouts
 can keep requests within it: from bound + 0.2 s to ``--max-window`` (6 s, past the backends' own 5 s
 socket timeouts; at least bound + 0.6 s). Reset and cut windows last 0.8 to 1.5 s. When a window ends,
-what the proxy held back is forwarded at once. The checks, with bound = store_timeout + 1 s:
+what the proxy held back is forwarded at once. ``store_timeout`` bounds each store call, so a request's
+bound is (store calls) x store_timeout + 1 s: one call for /read, two for /incr (load, save). The checks:
 
-bound      every request was answered within the bound (p50/p99/p100 reported; no answer within
+bound      every request was answered within its bound (p50/p99/p100 reported; no answer within
            bound + 5 s counts as that long)
 statuses   every answer was 200 or 503
 crossed    no 200 carried another session's id
@@ -52,6 +53,7 @@ import contextlib
 import os
 import random
 import secrets
+import shutil
 import sqlite3
 import ssl
 import subprocess
@@ -80,6 +82,8 @@ SQLITE_FAULTS = ("lock",)
 #: Faults that stall rather than fail: their windows outlast the bound.
 STALLING = frozenset({"latency", "blackhole", "bandwidth", "lock"})
 CHECKS = ("bound", "statuses", "crossed", "writes", "recovery", "healthy")
+#: Store calls each request makes at most, each bounded by store_timeout.
+STORE_CALLS = {"read": 1, "incr": 2, "start": 2}
 #: The share of requests started in healthy time that may get something other than 200.
 HEALTHY_TOLERANCE = 0.01
 SERVER_URLS = {
@@ -104,6 +108,8 @@ class Unreachable(Exception):
 
 @dataclass
 class Options:
+    """The command line's settings."""
+
     duration: float
     store_timeout: float
     clients: int
@@ -113,14 +119,21 @@ class Options:
     redis_db: int
     verbose: bool
     max_window: float = 6.0
+    logs: Path | None = None
 
     @property
     def bound(self) -> float:
+        """The bound of a request that makes one store call (a read)."""
         return self.store_timeout + SLACK
+
+    def bound_of(self, op: str) -> float:
+        """``store_timeout`` bounds each store call: /read makes one (load), /start and /incr two (load or
+        open, then save)."""
+        return STORE_CALLS.get(op, 2) * self.store_timeout + SLACK
 
     @property
     def client_timeout(self) -> float:
-        return self.bound + PATIENCE
+        return self.bound_of("incr") + PATIENCE
 
 
 # -- what happened ---------------------------------------------------------------------------------------
@@ -128,6 +141,8 @@ class Options:
 
 @dataclass
 class Sample:
+    """One request: who sent it, when (seconds since the run started), how long it took, the status."""
+
     client: int
     op: str
     started: float
@@ -137,6 +152,8 @@ class Sample:
 
 @dataclass
 class Window:
+    """One fault window: its kind, what it did, when it started and ended (seconds since the run started)."""
+
     kind: str
     detail: str
     started: float
@@ -147,6 +164,8 @@ class Window:
 
 @dataclass
 class Check:
+    """One of :data:`CHECKS`: how many failures, and the first few described."""
+
     name: str
     failures: int = 0
     examples: list[str] = field(default_factory=list)
@@ -159,6 +178,8 @@ class Check:
 
 @dataclass
 class Result:
+    """Everything one backend's run produced."""
+
     backend: str
     skipped: str | None = None
     error: str | None = None
@@ -323,7 +344,8 @@ async def close_store(store: Store, direct: Any, keys: list[str]) -> None:
                 await direct.delete(key)
             except Exception:
                 break
-        await direct.close()
+        with contextlib.suppress(Exception):
+            await direct.close()
     if store.table is not None:
         import asyncpg
 
@@ -419,6 +441,8 @@ class Soak:
         #: Set by the first 200 of a request started after the latest fault window ended.
         self.recovered = asyncio.Event()
         self.visitors = [Visitor(i, f"v{i}-{secrets.token_hex(3)}") for i in range(options.clients)]
+        #: Every session key a 200 handed out, to delete at the end.
+        self.cookies: set[str] = set()
         self.tls = ssl.create_default_context()  # creating one per client costs 20-50 ms of CPU each
 
     def now(self) -> float:
@@ -502,6 +526,7 @@ class Soak:
             if ident != visitor.ident or n != 0:
                 checks["crossed"].fail(f"{where}: a new session answered id {ident!r}, n {n!r}")
             visitor.cookie, visitor.acked, visitor.unsure = cookie, 0, 0
+            self.cookies.add(cookie)
             self.result.sessions += 1
             return
         if ident != visitor.ident:
@@ -514,6 +539,7 @@ class Soak:
             return
         if cookie:  # follow a new cookie, as a browser would
             visitor.cookie = cookie
+            self.cookies.add(cookie)
         if not isinstance(n, int):
             checks["writes"].fail(f"{where}: n is {n!r}")
             return
@@ -609,7 +635,11 @@ class Soak:
             url = self.urls[attempt % len(self.urls)] + "/read"
             attempt += 1
             try:
-                response = await http.get(url, headers={"cookie": f"{COOKIE}={visitor.cookie}"}, timeout=remaining)
+                response = await http.get(
+                    url,
+                    headers={"cookie": f"{COOKIE}={visitor.cookie}"},
+                    timeout=min(remaining, self.options.bound + 1.0),  # then try the other process
+                )
             except httpx.HTTPError as exc:
                 last = type(exc).__name__
                 continue
@@ -636,14 +666,20 @@ class Soak:
         check.fail(f"{visitor.ident} final read: no 200 in {attempt} attempts after the faults (last: {last})")
 
     def judge_run(self) -> None:
-        bound = self.options.bound
-        late = [s for s in self.result.samples if s.status is None or s.elapsed > bound]
+        late = [s for s in self.result.samples if s.status is None or s.elapsed > self.options.bound_of(s.op)]
         for sample in late[:EXAMPLES]:
             answer = "no answer" if sample.status is None else f"answered {sample.status}"
             self.result.checks["bound"].fail(
-                f"v{sample.client} {sample.op} at {sample.started:.1f} s: {answer} after {sample.elapsed:.2f} s"
+                f"v{sample.client} {sample.op} at {sample.started:.1f} s: {answer} after {sample.elapsed:.2f} s "
+                f"(bound {self.options.bound_of(sample.op):g} s)"
             )
         self.result.checks["bound"].failures = len(late)
+        if late:
+            by_op = Counter(f"{s.op} {'no answer' if s.status is None else s.status}" for s in late)
+            self.result.notes.append(
+                "over the bound: " + ", ".join(f"{what} {count}" for what, count in sorted(by_op.items()))
+            )
+        bound = self.options.bound
         for window in self.result.windows:
             if window.recovery is None:
                 self.result.checks["recovery"].fail(
@@ -711,7 +747,15 @@ async def soak_backend(backend: str, options: Options) -> Result:
                 )
             soak = Soak(result, store, [app.url for app in apps], options)
             await soak.run()
-            keys += [v.cookie for v in soak.visitors if v.cookie]
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                for app in apps:
+                    try:
+                        (await client.get(app.url + "/healthz")).raise_for_status()
+                    except httpx.HTTPError as exc:
+                        result.notes.append(
+                            f"the process at {app.url} (pid {app.proc.pid}) does not answer /healthz after the run "
+                            f"({type(exc).__name__}): its event loop is stuck"
+                        )
             if await direct.load(sentinel) is None:
                 result.notes.append(
                     "the sentinel session the soak wrote directly is gone: someone flushed the store during the run, "
@@ -721,10 +765,13 @@ async def soak_backend(backend: str, options: Options) -> Result:
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             if soak is not None:
-                keys += [v.cookie for v in soak.visitors if v.cookie and v.cookie not in keys]
+                keys += sorted(soak.cookies)
             failing = not result.passed
             await asyncio.gather(*(asyncio.to_thread(h.stop, app.proc, 5.0) for app in apps))
             for app in apps:
+                if options.logs is not None:
+                    options.logs.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(app.log, options.logs / app.log.name)
                 if failing and options.verbose and app.log_tail():
                     print(f"--- {backend} app log tail ({app.url}) ---\n{app.log_tail()}", file=sys.stderr)
             await close_store(store, direct, keys)
@@ -863,6 +910,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[list[str], Options]:
     parser.add_argument(
         "--max-window", type=float, default=6.0, help="longest stalling fault window in seconds (default 6)"
     )
+    parser.add_argument("--logs", type=Path, default=None, help="copy the apps' logs into this directory")
     parser.add_argument("--redis-db", type=int, default=11, help="Redis database the soak writes to (default 11)")
     parser.add_argument("--verbose", action="store_true", help="fault windows as they happen; app logs on failure")
     args = parser.parse_args(argv)
@@ -889,6 +937,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[list[str], Options]:
         redis_db=args.redis_db,
         verbose=args.verbose,
         max_window=args.max_window,
+        logs=args.logs,
     )
     return backends, options
 

@@ -30,7 +30,7 @@ KEY = "abcdefgh12345678abcdefgh12345678"
 
 
 async def test_bounded_call_past_its_bound_raises_backend_unavailable() -> None:
-    """A call that never ends is cancelled between timeout and timeout + TICK, as BackendUnavailableError."""
+    """A call that never ends is cancelled between timeout and timeout + 2 TICK, as BackendUnavailableError."""
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     started = time.monotonic()
     with pytest.raises(BackendUnavailableError, match=r"'the store' did not answer within 0.2 s"):
@@ -266,3 +266,47 @@ def test_failure_log_reports_what_it_held_back(caplog: pytest.LogCaptureFixture)
     messages = [r.getMessage() for r in caplog.records if r.name == "asession.test"]
     assert messages[0] == "Store X failed."
     assert len(messages) == 2 and "4 more failures" in messages[1]
+
+
+class SlowToCancel:
+    """A store whose calls, once cancelled, take their time to clean up (as asyncpg's do)."""
+
+    prompt_cancellation = False
+
+    def __repr__(self) -> str:
+        return "<SlowToCancel>"
+
+
+async def test_call_of_a_store_slow_to_cancel_is_abandoned_at_the_bound() -> None:
+    """A driver that cleans up for seconds after a cancellation still gives the request its error at the bound."""
+    cleaned_up = asyncio.Event()
+
+    async def query() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)  # the cancel request to the server, the connection reset ...
+            cleaned_up.set()
+            raise
+
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match="<SlowToCancel> did not answer within 0.1 s"):
+        await bounded(query(), 0.1, SlowToCancel())
+    assert time.monotonic() - started < 0.4
+    assert not cleaned_up.is_set()
+    await asyncio.wait_for(cleaned_up.wait(), 2)  # the abandoned call still finishes its clean-up
+
+
+async def test_call_of_a_store_slow_to_cancel_returns_its_result() -> None:
+    """Within the bound, a call of such a store returns its value or raises its own error."""
+
+    async def answer() -> int:
+        await asyncio.sleep(0.01)
+        return 7
+
+    async def fail() -> None:
+        raise ConnectionError("refused")
+
+    assert await bounded(answer(), 1.0, SlowToCancel()) == 7
+    with pytest.raises(ConnectionError):
+        await bounded(fail(), 1.0, SlowToCancel())

@@ -71,3 +71,46 @@ def test_logout_in_one_process_is_seen_by_the_other(servers: tuple[ServerProcess
     with httpx.Client(timeout=10, headers={"Cookie": f"session={key}"}) as replay:
         state = replay.get(f"{first.url}/session").json()
     assert (state["key"], state["data"]) == (None, {})
+
+
+def test_overlapping_writes_through_two_processes_all_survive(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """Forty-eight concurrent requests of one session, split over both processes, each keep their own key."""
+    first, second = servers
+
+    async def run() -> dict[str, object]:
+        async with httpx.AsyncClient(timeout=20) as client:
+            key = (await client.post(f"{first.url}/login", json={"user": "ada"})).json()["key"]
+            headers = {"Cookie": f"session={key}"}
+            responses = await asyncio.gather(
+                *(
+                    client.post(f"{(first, second)[i % 2].url}/session", json={f"k{i}": i}, headers=headers)
+                    for i in range(48)
+                )
+            )
+            assert [r.status_code for r in responses] == [200] * 48
+            data: dict[str, object] = (await client.get(f"{second.url}/session", headers=headers)).json()["data"]
+            return data
+
+    assert asyncio.run(run()) == {"user": "ada", **{f"k{i}": i for i in range(48)}}
+
+
+def test_writes_racing_a_logout_in_the_other_process_never_restore_it(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """Writes racing a logout through the other process get 200 (before it) or 400 (after it), never a comeback."""
+    first, second = servers
+
+    async def run() -> tuple[list[int], dict[str, object]]:
+        async with httpx.AsyncClient(timeout=20) as client:
+            key = (await client.post(f"{first.url}/login", json={"user": "ada"})).json()["key"]
+            headers = {"Cookie": f"session={key}"}
+            writes = [client.post(f"{first.url}/session", json={f"k{i}": i}, headers=headers) for i in range(24)]
+            logout = client.post(f"{second.url}/logout", headers=headers)
+            *answers, out = await asyncio.gather(*writes[:12], logout, *writes[12:])
+            statuses = [r.status_code for r in answers]
+            after = (await client.get(f"{first.url}/session", headers=headers)).json()
+            return statuses, after
+
+    statuses, after = asyncio.run(run())
+    assert set(statuses) <= {200, 400}
+    assert (after["key"], after["data"]) == (None, {})

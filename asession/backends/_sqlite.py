@@ -38,8 +38,10 @@ What a caller is told:
   anything that ends the transaction), it is rolled back and every caller of that batch gets the
   original exception (which :class:`~asession.backends.base.SessionBackend` reports as
   ``BackendUnavailableError``): a write reported failed was not committed.
-- A caller cancelled before its batch started is dropped from it; one cancelled while its batch runs
-  does not stop the batch (its write may be committed), and the other callers get their answers.
+- A caller cancelled before its write ran is dropped: before its batch started, or while the batch
+  waited for the write lock (a request answered "unavailable" by ``store_timeout`` does not write
+  seconds later, over what later requests of the session stored, perhaps through another process).
+  One cancelled while its write runs may still be committed. The other callers get their answers.
 - :meth:`SQLiteDriver.close` writes what is queued and waits for the batch in progress, then closes the
   connections and ends the thread. If ``close()`` itself is cancelled, queued writes that had not started
   fail with ``BackendUnavailableError``; the thread still ends after the batch in progress.
@@ -129,22 +131,35 @@ class _Update:
 
 
 _Item = _Statement | _Update
-#: What a batch gives back per item: a statement's row count, an update's payload, or the exception that
-#: failed only that item.
-_Outcome = int | str | Exception
+#: What a batch gives back per item: a statement's row count, an update's payload, the exception that
+#: failed only that item, or ``None`` for an item not run because its caller was cancelled first.
+_Outcome = int | str | Exception | None
 #: A function for the writer thread, its arguments, the future for its outcome and that future's loop.
 _Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]
 
 
-def _run_batch(connection: sqlite3.Connection, items: list[_Item]) -> list[_Outcome]:
-    """Run ``items`` in one transaction on the writer thread; raise when the batch as a whole fails."""
+def _run_batch(
+    connection: sqlite3.Connection, items: list[_Item], callers: list[asyncio.Future[Any]]
+) -> list[_Outcome]:
+    """Run ``items`` in one transaction on the writer thread; raise when the batch as a whole fails.
+
+    ``callers`` are the items' futures, only looked at: an item whose caller was cancelled by the time
+    the item's turn comes (typically while ``BEGIN IMMEDIATE`` waited for another process's lock) is
+    not run, so that a request already answered "unavailable" does not write seconds later, over what
+    later requests stored. A cancellation that happens just after the check may still see its write committed.
+    """
     if len(items) == 1 and not isinstance(items[0], _Update):
+        if callers[0].done():
+            return [None]
         sql, parameters = items[0]
         return [connection.execute(sql, parameters).rowcount]
     connection.execute("BEGIN IMMEDIATE")
     try:
         outcomes: list[_Outcome] = []
-        for item in items:
+        for item, caller in zip(items, callers, strict=True):
+            if caller.done():  # reading a future's state from this thread is safe; setting it is not
+                outcomes.append(None)
+                continue
             try:
                 if isinstance(item, _Update):
                     outcomes.append(item.run(connection))
@@ -453,7 +468,7 @@ class SQLiteDriver(Driver):
                 items.append(item)
         if not futures:
             return
-        batch = writer.submit(_run_batch, connection, items)
+        batch = writer.submit(_run_batch, connection, items, futures)
         batch.add_done_callback(lambda batch: self._finish_batch(batch, futures))
         self._batch = batch
 

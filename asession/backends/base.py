@@ -64,6 +64,13 @@ class SessionBackend(ABC):
     #: The store merges a request's changes into the stored session (:meth:`update`). ``False`` for
     #: stores whose data travels in the cookie, where the last save wins.
     merges: ClassVar[bool] = True
+    #: A cancelled call of this store ends at once. ``False`` where the driver cleans up first, talking to
+    #: the server (asyncpg): a call past ``store_timeout`` is then abandoned instead of waited for
+    #: (:mod:`asession.deadline`).
+    prompt_cancellation: bool = True
+    #: Calls of this store may wait (on a server, a lock, a disk). ``False`` for stores that answer without
+    #: ever waiting (memory, signed cookies): they have nothing for ``store_timeout`` to bound.
+    waits: bool = True
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
@@ -139,8 +146,17 @@ class SessionBackend(ABC):
     def _storage_key(self, key: str) -> str:
         return keys.storage_key(key) if self.hashes_keys else key
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Whether keys follow the server-side rule of asession.keys, whose checked() remembers recent keys.
+        cls._standard_keys = cls.hashes_keys and cls.accepts_key is SessionBackend.accepts_key
+
+    _standard_keys: ClassVar[bool] = True
+
     def valid_key(self, key: object) -> keys.ValidKey | None:
         """``key`` checked and hashed once, for the session to hand back on every call; ``None`` if malformed."""
+        if self._standard_keys:
+            return keys.checked(key)
         if not self.accepts_key(key):
             return None
         raw: str = key  # type: ignore[assignment]  # accepts_key() admits only str
@@ -162,8 +178,9 @@ class SessionBackend(ABC):
         Returns ``None`` when the key is malformed, unknown or expired, and when the stored data is
         corrupt or over ``max_size`` (logged as a warning on ``asession.security``).
         """
-        self._check_open()
-        skey = self._skey(key)
+        if self._state is not BackendState.OPEN:
+            self._check_open()
+        skey = key.skey if type(key) is keys.ValidKey and key.hashed is self.hashes_keys else self._skey(key)
         if skey is None:
             return None
         try:
@@ -248,19 +265,23 @@ class SessionBackend(ABC):
         :class:`SessionError` when the merged session would exceed ``max_size``, before anything is
         written. A non-positive ``expiry_age`` forgets the session, as :meth:`save` does.
         """
-        self._check_open()
-        skey = self._skey(key)
+        if self._state is not BackendState.OPEN:
+            self._check_open()
+        skey = key.skey if type(key) is keys.ValidKey and key.hashed is self.hashes_keys else self._skey(key)
         if skey is None:
             raise UpdateError(f"No session can be stored under the malformed key {key!r}; nothing was written.")
-        changed = dict(changed)
-        serializers.dumps(changed)  # TypeError naming the key before anything reaches the store
-        changes = Changes(changed, frozenset(removed), replace)
+        changes = Changes(
+            changed if type(changed) is dict else dict(changed),
+            removed if type(removed) is frozenset else frozenset(removed),
+            replace,
+        )
         try:
             if expiry_age <= 0:
                 await self._delete(skey)
                 return
             await self._update(skey, changes, int(expiry_age))
-        except SessionError:
+        except (SessionError, TypeError):
+            # TypeError: a value JSON cannot carry, named by the merge's encoding before anything is written.
             raise
         except Exception as exc:
             raise self._unavailable("update a session", exc) from exc

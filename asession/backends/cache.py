@@ -24,7 +24,8 @@ keep each other's keys:
   ``{}`` and prints numbers with 14 significant digits. ``benchmarks/REDIS_CLIENTS.md`` measures this
   design against a compare-and-set of one JSON string (two round trips: a ``GET``, then the swap).
 - memcached: ``gets``, the merge in Python, ``cas``; retried, after a short random wait, while other writes
-  come in between (:data:`UPDATE_ATTEMPTS` times at most).
+  come in between (:data:`UPDATE_ATTEMPTS` times at most). Updates of one session from this process take
+  turns, so they never make each other retry.
 - a RedisCache (aiocache over redis-py) handed in: ``GET``, the merge in Python, then a Lua
   compare-and-set of the string, which answers the current value when it lost, for the next attempt.
 - ``memory://`` and any other aiocache cache: a lock of this process around read, merge and write. The
@@ -46,12 +47,13 @@ aiocache 0.12 ships no type information, so its objects stay ``Any`` inside this
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from json.encoder import encode_basestring
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -143,6 +145,31 @@ async def _back_off(attempt: int) -> None:
     to 1, 2, 4 ... 32 ms spread them out; the request's store timeout still bounds the whole update.
     """
     await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 5)))
+
+
+class _Turns:
+    """Updates of one key from this process, one at a time (an asyncio.Lock per key while anyone wants it).
+
+    A compare-and-set update loses whenever another write lands between its read and its swap. Requests of
+    one session in one process would otherwise mostly lose to each other; in turn they never do, and the
+    compare-and-set is left with the writes of other processes. Locks exist only while held or awaited, so
+    none outlives its event loop.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def of(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
 
 
 def _contended(key: str) -> RuntimeError:
@@ -306,7 +333,11 @@ class _LocalStore(_AiocacheStore):
 
 
 class _MemcachedStore(_AiocacheStore):
-    """memcached through aiocache and aiomcache: updates are ``gets`` then ``cas``."""
+    """memcached through aiocache and aiomcache: updates are ``gets`` then ``cas``, one key at a time here."""
+
+    def __init__(self, cache: Any) -> None:
+        super().__init__(cache)
+        self._turns = _Turns()
 
     async def _call(self, call: Awaitable[Any]) -> Any:
         """Await one aiocache call; after one cut short, drop idle memcached connections.
@@ -323,13 +354,14 @@ class _MemcachedStore(_AiocacheStore):
 
     async def update(self, key: str, changes: Changes, ttl: int, backend: CacheBackend) -> str:
         built_key = self.cache.build_key(key)
-        for attempt in range(UPDATE_ATTEMPTS):
-            current, token = await self._call(self.cache.raw("gets", built_key))
-            payload = backend._merge(current, changes)
-            # cas stores only if nobody wrote the item since this gets; False also when it was deleted since.
-            if await self._call(self.cache.set(key, payload, ttl=ttl, dumps_fn=_passthrough, _cas_token=token)):
-                return payload
-            await _back_off(attempt)
+        async with self._turns.of(key):
+            for attempt in range(UPDATE_ATTEMPTS):
+                current, token = await self._call(self.cache.raw("gets", built_key))
+                payload = backend._merge(current, changes)
+                # cas stores only if nobody wrote the item since this gets; False also when it was deleted since.
+                if await self._call(self.cache.set(key, payload, ttl=ttl, dumps_fn=_passthrough, _cas_token=token)):
+                    return payload
+                await _back_off(attempt)
         raise _contended(key)
 
 
@@ -347,8 +379,13 @@ class _RedisCacheStore(_AiocacheStore):
     """An aiocache RedisCache (redis-py) handed in: sessions stay plain strings under its namespace.
 
     Updates merge in Python and swap the string with :data:`_SWAP_STRING`, which refuses when the session
-    changed since it was read and answers what it holds now, so a retry needs no second read.
+    changed since it was read and answers what it holds now, so a retry needs no second read. Updates of
+    one session from this process take turns.
     """
+
+    def __init__(self, cache: Any) -> None:
+        super().__init__(cache)
+        self._turns = _Turns()
 
     async def set(self, key: str, text: str, ttl: int) -> None:
         # aiocache's set() sends SETEX, which redis-py 8 deprecates; SET ... EX is the command Redis
@@ -357,14 +394,15 @@ class _RedisCacheStore(_AiocacheStore):
 
     async def update(self, key: str, changes: Changes, ttl: int, backend: CacheBackend) -> str:
         built_key = self.cache.build_key(key)
-        current = await self.get(key)
-        for attempt in range(UPDATE_ATTEMPTS):
-            payload = backend._merge(current, changes)
-            reply = await self._call(self.cache.raw("eval", _SWAP_STRING, 1, built_key, current, payload, ttl))
-            if reply[0]:
-                return payload
-            current = reply[1]
-            await _back_off(attempt)
+        async with self._turns.of(key):
+            current = await self.get(key)
+            for attempt in range(UPDATE_ATTEMPTS):
+                payload = backend._merge(current, changes)
+                reply = await self._call(self.cache.raw("eval", _SWAP_STRING, 1, built_key, current, payload, ttl))
+                if reply[0]:
+                    return payload
+                current = reply[1]
+                await _back_off(attempt)
         raise _contended(key)
 
 

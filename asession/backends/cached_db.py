@@ -92,6 +92,7 @@ class CachedDatabaseBackend(SessionBackend):
             )
         self.db = db
         self.cache = cache
+        self.prompt_cancellation = db.prompt_cancellation and cache.prompt_cancellation
         self._opened_here: list[SessionBackend] = []
         #: Storage keys whose cache entry may be older than the database, to delete once the cache answers.
         self._outdated: set[str] = set()
@@ -107,8 +108,8 @@ class CachedDatabaseBackend(SessionBackend):
                     await inner.open()
                     opened.append(inner)
         except BaseException:
-            for inner in reversed(opened):
-                await inner.close()
+            for backend in reversed(opened):
+                await backend.close()
             raise
         self._opened_here = opened
 

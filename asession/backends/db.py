@@ -116,6 +116,8 @@ class DatabaseBackend(SessionBackend):
         scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
         if scheme in _POSTGRES_SCHEMES:
             self.dialect = "postgresql"
+            # asyncpg answers a cancellation by talking to the server (cancel request, connection reset).
+            self.prompt_cancellation = False
             self.driver = self._postgres_driver(min_pool_size, max_pool_size, self.command_timeout)
         elif scheme in ("", "sqlite"):
             self.dialect = "sqlite"

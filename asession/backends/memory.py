@@ -18,6 +18,9 @@ class MemoryBackend(SessionBackend):
     Sessions survive ``close()`` and a later ``open()``, so an app whose lifespan restarts keeps them.
     """
 
+    #: Nothing here ever waits, so ``store_timeout`` has nothing to bound.
+    waits = False
+
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         super().__init__(max_size=max_size)
         self._data: dict[str, tuple[str, float]] = {}

@@ -70,6 +70,8 @@ class SignedCookieBackend(SessionBackend):
     #: The payload is the key and is public anyway: there is nothing stored to hide it from.
     hashes_keys: ClassVar[bool] = False
     merges: ClassVar[bool] = False
+    #: Nothing is stored, so nothing waits: ``store_timeout`` has nothing to bound.
+    waits = False
 
     def __init__(
         self,

@@ -742,6 +742,27 @@ async def test_memcached_update_gives_up_when_every_cas_loses(
     assert await memcached_backend.load(key) == {"a": UPDATE_ATTEMPTS}
 
 
+@pytest.mark.memcached
+async def test_memcached_updates_from_one_process_take_turns(
+    memcached_backend: CacheBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """32 concurrent updates of one session in one process never make each other retry: one gets each."""
+    key = keys.new_key()
+    await memcached_backend.save(key, {}, DAY)
+    cache = memcached_backend._cache
+    raw = cache.raw
+    commands: list[str] = []
+
+    async def counting_raw(command: str, *args: Any, **kwargs: Any) -> Any:
+        commands.append(command)
+        return await raw(command, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "raw", counting_raw)
+    await asyncio.gather(*(memcached_backend.update(key, {f"k{index}": index}, (), DAY) for index in range(32)))
+    assert commands == ["gets"] * 32
+    assert await memcached_backend.load(key) == {f"k{index}": index for index in range(32)}
+
+
 class YieldingMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache is untyped
     """A memory cache whose reads let other tasks run, as a cache with a timeout or a plugin does."""
 

@@ -67,9 +67,9 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     original = _sqlite._run_batch
 
-    def spy(connection: Any, items: list[Any]) -> Any:
+    def spy(connection: Any, items: list[Any], callers: list[Any]) -> Any:
         sizes.append(len(items))
-        return original(connection, items)
+        return original(connection, items, callers)
 
     monkeypatch.setattr(_sqlite, "_run_batch", spy)
     return sizes
@@ -323,10 +323,10 @@ async def test_caller_cancelled_before_its_batch_starts_is_dropped(
     assert await sqlite_backend.load(key) is None
 
 
-async def test_caller_cancelled_during_a_batch_does_not_stop_it(
+async def test_caller_cancelled_while_its_batch_waits_for_the_lock_is_dropped(
     slow_backend: DatabaseBackend, sqlite_path: Path, batches: list[int]
 ) -> None:
-    """Cancelling one caller of a running batch leaves the batch alone: the others get their answers."""
+    """Cancelling one caller of a batch waiting for the write lock drops its write; the others commit."""
     cancelled, kept = keys.new_key(), keys.new_key()
     with write_lock(sqlite_path):
         tasks = [
@@ -341,8 +341,30 @@ async def test_caller_cancelled_during_a_batch_does_not_stop_it(
         await tasks[0]
     assert batches == [2]
     assert await slow_backend.load(kept) == {"v": "kept"}
-    # The cancelled caller's write was already on its way: it is committed with its batch.
-    assert await slow_backend.load(cancelled) == {"v": "cancelled"}
+    assert await slow_backend.load(cancelled) is None
+
+
+async def test_timed_out_update_never_lands_after_a_later_one_from_another_process(
+    sqlite_path: Path, batches: list[int]
+) -> None:
+    """An update given up while waiting for the lock is not written after the lock goes, over a later update.
+
+    As in the soak: a request times out (503) while another process holds the lock; the client's next
+    request, through another worker, stores a newer value once the lock is gone. The stale update of the
+    first worker, still queued on its thread, must not overwrite it.
+    """
+    key = keys.new_key()
+    async with DatabaseBackend(sqlite_path, busy_timeout=5) as first, DatabaseBackend(sqlite_path) as second:
+        await first.save(key, {"n": 11}, DAY)
+        with write_lock(sqlite_path) as other:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(first.update(key, {"n": 12}, (), DAY), timeout=0.2)
+            other.execute("ROLLBACK")
+        await second.update(key, {"n": 12}, (), DAY)
+        await second.update(key, {"n": 13}, (), DAY)
+        await first.save(keys.new_key(), {}, DAY)  # queued behind the abandoned batch: that one has run
+        assert batches == [1, 1, 1, 1, 1]
+        assert await first.load(key) == {"n": 13}
 
 
 async def test_caller_cancelled_during_a_failing_batch_gets_no_error(tmp_path: Path, batches: list[int]) -> None:
@@ -362,7 +384,7 @@ async def test_caller_cancelled_during_a_failing_batch_gets_no_error(tmp_path: P
 async def test_every_caller_cancelled_during_a_batch_leaves_the_driver_working(
     slow_backend: DatabaseBackend, sqlite_path: Path, batches: list[int]
 ) -> None:
-    """A batch whose callers were all cancelled (a server shutting down) still commits; the next write works."""
+    """A batch whose callers were all cancelled (a server shutting down) writes nothing; the next write works."""
     saved = [keys.new_key() for _ in range(2)]
     with write_lock(sqlite_path):
         tasks = [asyncio.create_task(slow_backend.save(key, {"n": n}, DAY)) for n, key in enumerate(saved)]
@@ -375,7 +397,7 @@ async def test_every_caller_cancelled_during_a_batch_leaves_the_driver_working(
     await slow_backend.save(key, {"v": "after"}, DAY)  # queued behind the abandoned batch on the thread
     assert batches == [2, 1]
     assert await slow_backend.load(key) == {"v": "after"}
-    assert [await slow_backend.load(key) for key in saved] == [{"n": 0}, {"n": 1}]
+    assert [await slow_backend.load(key) for key in saved] == [None, None]
 
 
 async def test_close_writes_queued_batches_and_waits_for_the_running_one(sqlite_path: Path, batches: list[int]) -> None:
@@ -479,6 +501,26 @@ async def test_driver_write_after_close_raises_backend_unavailable(sqlite_backen
         await driver.save(keys.storage_key(keys.new_key()), "{}", time.time() + DAY)
     with pytest.raises(BackendUnavailableError, match="not open"):
         await driver.update(keys.storage_key(keys.new_key()), lambda raw: "{}", time.time() + DAY, time.time())
+    with pytest.raises(BackendUnavailableError, match="not open"):
+        await driver.run_on_writer(lambda connection: None)
+
+
+async def test_single_write_cancelled_before_the_thread_reaches_it_is_not_written(
+    sqlite_backend: SessionBackend, batches: list[int]
+) -> None:
+    """A lone save handed to the busy writer thread, then cancelled, is skipped when the thread gets to it."""
+    driver = _driver(sqlite_backend)
+    busy = asyncio.create_task(driver.run_on_writer(lambda connection: time.sleep(0.2)))
+    key = keys.new_key()
+    save = asyncio.create_task(sqlite_backend.save(key, {"v": 1}, DAY))
+    await asyncio.sleep(0.05)  # the batch is queued on the thread, behind the sleeping job
+    save.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await save
+    await busy
+    await sqlite_backend.save(keys.new_key(), {"v": 2}, DAY)  # runs after the skipped batch
+    assert batches == [1, 1]
+    assert await sqlite_backend.load(key) is None
 
 
 # -- the writer thread ---------------------------------------------------------------------------------------
