@@ -20,11 +20,6 @@ sys.meta_path.insert(0, _Block())
 
 CASES = [
     ("aiocache", "from asession.backends.cache import CacheBackend; CacheBackend('memory://')", "asession[cache]"),
-    (
-        "aiomcache",
-        "from asession.backends.cache import CacheBackend; CacheBackend('memcached://127.0.0.1')",
-        "asession[memcached]",
-    ),
     ("aiofiles", "from asession.backends.file import FileBackend; FileBackend('.')", "asession[file]"),
     (
         "asyncpg",

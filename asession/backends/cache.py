@@ -56,10 +56,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from json.encoder import encode_basestring
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
 
 from asession import serializers
-from asession.backends import _redis
+from asession.backends import _memcached, _redis
 from asession.backends._extras import require
 from asession.backends._urls import hide_password
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
@@ -72,10 +71,6 @@ __all__ = ["KEY_PREFIX", "CacheBackend", "CacheStore"]
 KEY_PREFIX = "asession:"
 #: Seconds a Redis connection may take to open or to answer, unless the URL says otherwise.
 REDIS_SOCKET_TIMEOUT = _redis.DEFAULT_TIMEOUT
-#: aiocache's own per-call timeout for memcached (aiomcache has no socket timeouts of its own).
-MEMCACHED_TIMEOUT = 5.0
-#: Connections per memcached server, unless the URL says ``?pool_size=N`` (aiocache defaults to 2).
-MEMCACHED_POOL_SIZE = 10
 #: memcached reads an expiry time above 30 days as an absolute Unix timestamp, not as seconds from now.
 MEMCACHED_MAX_RELATIVE_TTL = 30 * 24 * 3600
 #: Attempts of a compare-and-set update (memcached, a RedisCache handed in, a Redis session stored as one
@@ -86,7 +81,7 @@ UPDATE_ATTEMPTS = 20
 _SCHEMES = {"memory": "cache", "redis": "redis", "rediss": "redis", "memcached": "memcached"}
 #: The modules each extra's URLs import. Redis URLs use asession's own client (the standard library only);
 #: the ``redis`` extra still installs aiocache and redis-py for a RedisCache built by the user.
-_EXTRA_MODULES: dict[str, list[str]] = {"cache": ["aiocache"], "redis": [], "memcached": ["aiocache", "aiomcache"]}
+_EXTRA_MODULES: dict[str, list[str]] = {"cache": ["aiocache"], "redis": [], "memcached": []}
 _OPEN_CHECK_KEY = KEY_PREFIX + "open-check"
 # What interrupts a cache call halfway: aiocache's timeout, or the request's task being cancelled.
 _INTERRUPTIONS = (asyncio.CancelledError, asyncio.TimeoutError)
@@ -112,22 +107,6 @@ class _TextSerializer:
 _SERIALIZER = _TextSerializer()
 
 
-def _memcached_options(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        raise ValueError("memcached has no passwords over its text protocol; remove the user and password")
-    if parts.path.strip("/"):
-        raise ValueError("memcached has no databases; remove the path")
-    query = parse_qs(parts.query)
-    unknown = set(query) - {"pool_size"}
-    if unknown:
-        raise ValueError(f"unknown option {sorted(unknown)[0]!r}; only pool_size is understood")
-    pool_size = int(query.get("pool_size", [MEMCACHED_POOL_SIZE])[0])
-    if pool_size < 1:
-        raise ValueError("pool_size must be at least 1")
-    return {"endpoint": parts.hostname or "127.0.0.1", "port": parts.port or 11211, "pool_size": pool_size}
-
-
 def _is_instance(cache: Any, module: str, class_name: str) -> bool:
     """``isinstance`` against an aiocache class whose client library may not be installed."""
     try:
@@ -140,9 +119,10 @@ def _is_instance(cache: Any, module: str, class_name: str) -> bool:
 async def _back_off(attempt: int) -> None:
     """Wait a random while before compare-and-set attempt ``attempt + 1``, up to twice as long each time.
 
-    Updates that collide were mostly issued together and take equally long, so retried at once they would
-    collide again in lockstep, and with 24 at once the last would run out of attempts. Random waits of up
-    to 1, 2, 4 ... 32 ms spread them out; the request's store timeout still bounds the whole update.
+    Updates that collide (from other processes: this one's take turns) were mostly issued together and take
+    equally long, so retried at once they would collide again in lockstep until the last ran out of
+    attempts. Random waits of up to 1, 2, 4 ... 32 ms spread them out; the request's store timeout still
+    bounds the whole update.
     """
     await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 5)))
 
@@ -161,7 +141,10 @@ class _Turns:
 
     @contextlib.asynccontextmanager
     async def of(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key) or self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = (asyncio.Lock(), [0])
+        lock, users = entry
         users[0] += 1
         try:
             async with lock:
@@ -406,6 +389,71 @@ class _RedisCacheStore(_AiocacheStore):
         raise _contended(key)
 
 
+class _MemcachedClientStore:
+    """``memcached://`` URLs through asession's own client (:mod:`asession.backends._memcached`).
+
+    Not aiocache and aiomcache: a command cut short by a timeout left its reply unread on a pooled
+    aiomcache connection, so the next command read the previous one's reply (the chaos soak saw another
+    session's key come back), and a reply cut mid-line froze the event loop. This client keeps every
+    reply matched to its own command and checks the key of every ``VALUE`` line. Updates are ``gets``,
+    the merge in Python, ``cas``; retried after a short random wait while other writes win the race, and
+    one at a time per key in this process.
+    """
+
+    def __init__(self, options: _memcached.MemcachedOptions) -> None:
+        self.client = _memcached.MemcachedClient(options)
+        self._turns = _Turns()
+
+    @property
+    def inner(self) -> Any:
+        return self.client
+
+    def get(self, key: str) -> Awaitable[bytes | None]:
+        return self.client.get(key)
+
+    def set(self, key: str, text: str, ttl: int) -> Awaitable[bool]:
+        return self.client.set(key, text, ttl)
+
+    def add(self, key: str, text: str, ttl: int) -> Awaitable[bool]:
+        return self.client.add(key, text, ttl)
+
+    def delete(self, key: str) -> Awaitable[bool]:
+        return self.client.delete(key)
+
+    async def exists(self, key: str) -> bool:
+        return await self.client.get(key) is not None
+
+    def load(self, key: str) -> Awaitable[bytes | None]:
+        return self.client.get(key)
+
+    async def save(self, key: str, payload: str, ttl: int, *, must_create: bool) -> bool:
+        if must_create:
+            return await self.client.add(key, payload, ttl)
+        await self.client.set(key, payload, ttl)
+        return True
+
+    async def update(self, key: str, changes: Changes, ttl: int, backend: CacheBackend) -> str:
+        async with self._turns.of(key):
+            for attempt in range(UPDATE_ATTEMPTS):
+                found = await self.client.gets(key)
+                if found is None:
+                    raise backend._gone()
+                payload = backend._merge(found[0], changes)
+                stored = await self.client.cas(key, payload, ttl, found[1])
+                if stored:
+                    return payload
+                if stored is None:  # deleted since the gets: a logout won
+                    raise backend._gone()
+                await _back_off(attempt)
+        raise _contended(key)
+
+    async def check(self) -> None:
+        await self.client.open()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
 def _aiocache_store(cache: Any) -> _AiocacheStore:
     """The store for an aiocache cache, by the kind of server behind it."""
     if _is_instance(cache, "aiocache.backends.memcached", "MemcachedBackend"):
@@ -543,8 +591,12 @@ def _field(key: object) -> str:
 def _fields(data: Mapping[str, Any]) -> list[bytes | str | int]:
     """``data`` as a hash: each key's JSON text followed by its value's, in turn."""
     fields: list[bytes | str | int] = []
-    for key, value in data.items():
-        fields += (_field(key), serializers.dumps_value(value))
+    try:
+        for key, value in data.items():
+            fields += (_field(key), serializers.dumps_value(value))
+    except TypeError:
+        serializers.dumps(data)  # raises the TypeError that names the offending key
+        raise
     return fields or list(_EMPTY_SESSION)
 
 
@@ -629,8 +681,7 @@ class _RedisStore:
         else:
             removed = [_field(name) for name in changes.removed]
         args: list[bytes | str | int] = [ttl, backend.max_size, 1 if changes.replace else 0, len(removed), *removed]
-        for name, value in changes.changed.items():
-            args += (_field(name), serializers.dumps_value(value))
+        args += _fields(changes.changed) if changes.changed else ()
         for attempt in range(UPDATE_ATTEMPTS):
             reply = await self.client.run(_UPDATE, (key,), args)
             outcome = reply[0]
@@ -718,7 +769,8 @@ class CacheBackend(SessionBackend):
                 )
             self._scheme = ""
             self._store = _aiocache_store(cache_or_url)
-        self._memcached = self._scheme == "memcached" or isinstance(self._store, _MemcachedStore)
+        # An aiocache memcached cache handed in takes TTLs as they are; asession's own client converts them.
+        self._memcached = isinstance(self._store, _MemcachedStore)
 
     @classmethod
     def from_url(cls, url: str) -> CacheBackend:
@@ -744,7 +796,7 @@ class CacheBackend(SessionBackend):
                 limit = max(_redis.DEFAULT_MAX_REPLY_SIZE, 2 * self.max_size + 1024)
                 self._options = dataclasses.replace(options, max_reply_size=limit)
             elif extra == "memcached":
-                self._options = _memcached_options(url)
+                self._options = _memcached.parse_url(url)
         except ValueError as exc:
             raise ImproperlyConfigured(f"CacheBackend cannot use {hide_password(url)!r}: {exc}.") from exc
         return scheme
@@ -756,9 +808,7 @@ class CacheBackend(SessionBackend):
 
             return _LocalStore(SimpleMemoryCache(serializer=_SERIALIZER, timeout=None))
         if self._scheme == "memcached":
-            from aiocache import MemcachedCache
-
-            return _MemcachedStore(MemcachedCache(serializer=_SERIALIZER, timeout=MEMCACHED_TIMEOUT, **self._options))
+            return _MemcachedClientStore(self._options)
         return _RedisStore(self._options)
 
     @property

@@ -38,15 +38,24 @@ from typing import ClassVar
 
 from asession import expiry
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
-from asession.backends.cache import KEY_PREFIX, CacheBackend, CacheStore
+from asession.backends.cache import CacheBackend, CacheStore
 from asession.backends.db import DatabaseBackend
 from asession.changes import Changes
 from asession.exceptions import CreateError, ImproperlyConfigured, SessionError
 
-__all__ = ["DELETE_MARKER", "DELETE_MARKER_TTL", "MAX_OUTDATED", "REFILL_WINDOW", "CachedDatabaseBackend"]
+__all__ = [
+    "DELETE_MARKER",
+    "DELETE_MARKER_TTL",
+    "ENTRY_PREFIX",
+    "MAX_OUTDATED",
+    "REFILL_WINDOW",
+    "CachedDatabaseBackend",
+]
 
 logger = logging.getLogger(__name__)
 
+#: The prefix of this backend's cache entries, clear of the cache backend's own sessions (``asession:<skey>``).
+ENTRY_PREFIX = "asession:cached:"
 #: How many storage keys changed during a cache outage one process remembers, at most (64 bytes each).
 MAX_OUTDATED = 100_000
 #: What a deleted session's cache entry holds, so that no racing read refills it.
@@ -190,7 +199,7 @@ class CachedDatabaseBackend(SessionBackend):
         if self._outdated and not await self._remove_outdated():
             return False, None  # the cache still fails, and may hold copies older than the database
         try:
-            raw = await self._entries().get(KEY_PREFIX + skey)
+            raw = await self._entries().get(ENTRY_PREFIX + skey)
         except Exception as exc:
             logger.warning("%r could not read its cache: %r. Reading the database instead.", self, exc)
             return False, None
@@ -202,9 +211,9 @@ class CachedDatabaseBackend(SessionBackend):
         try:
             entries = self._entries()
             if refill:
-                await entries.add(KEY_PREFIX + skey, entry, ttl)  # False: a write got there first
+                await entries.add(ENTRY_PREFIX + skey, entry, ttl)  # False: a write got there first
             else:
-                await entries.set(KEY_PREFIX + skey, entry, ttl)
+                await entries.set(ENTRY_PREFIX + skey, entry, ttl)
             self._outdated.discard(skey)
         except Exception as exc:
             logger.warning("%r could not write its cache: %r. The database has the session.", self, exc)
@@ -232,7 +241,7 @@ class CachedDatabaseBackend(SessionBackend):
         try:
             entries = self._entries()
             for skey in list(self._outdated):
-                await entries.delete(KEY_PREFIX + skey)
+                await entries.delete(ENTRY_PREFIX + skey)
                 self._outdated.discard(skey)
         except Exception as exc:
             logger.warning(

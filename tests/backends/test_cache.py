@@ -87,8 +87,6 @@ def test_object_that_is_not_a_cache_raises_improperly_configured(value: object) 
     ("hidden", "url", "hint"),
     [
         ("aiocache", "memory://", "asession[cache]"),
-        ("aiocache", "memcached://127.0.0.1:11211", "asession[memcached]"),
-        ("aiomcache", "memcached://127.0.0.1:11211", "asession[memcached]"),
     ],
 )
 def test_missing_extra_raises_install_hint(monkeypatch: pytest.MonkeyPatch, hidden: str, url: str, hint: str) -> None:
@@ -187,7 +185,7 @@ async def test_redis_stores_json_text_under_hashed_key(redis_backend: SessionBac
         ttl = await client.ttl(raw_key(key))
     finally:
         await client.aclose()
-    assert {json.loads(field.decode()): json.loads(value.decode()) for field, value in raw.items()} == data
+    assert {json.loads(field): json.loads(value) for field, value in raw.items()} == data
     assert 590 < ttl <= 600
 
 
@@ -307,11 +305,24 @@ async def test_memcached_expiry_over_thirty_days_is_kept(memcached_backend: Sess
 
 
 def test_memcached_ttl_over_thirty_days_becomes_a_timestamp() -> None:
-    """Ages up to 30 days are passed as they are; longer ones as an absolute Unix time."""
-    backend = CacheBackend("memcached://127.0.0.1:11211")
+    """For an aiocache memcached cache, ages up to 30 days pass as they are, longer ones as a Unix time.
+
+    memcached:// URLs go through asession's own client, which converts them itself (test_memcached_client.py).
+    """
+    from aiocache import MemcachedCache
+
+    backend = CacheBackend(MemcachedCache(endpoint="127.0.0.1", port=11211))
     assert backend._ttl(MEMCACHED_MAX_RELATIVE_TTL) == MEMCACHED_MAX_RELATIVE_TTL
     assert abs(backend._ttl(40 * DAY) - (time.time() + 40 * DAY)) < 5
     assert CacheBackend("redis://127.0.0.1:6379/0")._ttl(40 * DAY) == 40 * DAY
+    assert CacheBackend("memcached://127.0.0.1:11211")._ttl(40 * DAY) == 40 * DAY
+
+
+@pytest.mark.parametrize("hidden", ["aiocache", "aiomcache"])
+def test_memcached_url_needs_neither_aiocache_nor_aiomcache(monkeypatch: pytest.MonkeyPatch, hidden: str) -> None:
+    """memcached:// URLs use asession's own client, so they work without aiocache or aiomcache installed."""
+    monkeypatch.setitem(sys.modules, hidden, None)
+    assert CacheBackend("memcached://127.0.0.1:11211")._cache is None  # built at open, nothing imported
 
 
 class SlowFirstReply:
@@ -697,20 +708,19 @@ async def test_memcached_cas_conflict_is_retried(
     """A write landing between gets and cas makes the cas fail; the update reads again and merges onto it."""
     key = keys.new_key()
     await memcached_backend.save(key, {"a": 1}, DAY)
-    cache = memcached_backend._cache
-    raw = cache.raw
+    client = memcached_backend._cache
+    original_gets = client.gets
     gets = 0
 
-    async def racing_raw(command: str, *args: Any, **kwargs: Any) -> Any:
+    async def racing_gets(name: str) -> Any:
         nonlocal gets
-        reply = await raw(command, *args, **kwargs)
-        if command == "gets":
-            gets += 1
-            if gets == 1:  # another worker's update lands after this read
-                await memcached_backend.entries.set(raw_key(key), '{"a":1,"b":2}', DAY)
+        reply = await original_gets(name)
+        gets += 1
+        if gets == 1:  # another worker's update lands after this read
+            await memcached_backend.entries.set(raw_key(key), '{"a":1,"b":2}', DAY)
         return reply
 
-    monkeypatch.setattr(cache, "raw", racing_raw)
+    monkeypatch.setattr(client, "gets", racing_gets)
     await memcached_backend.update(key, {"c": 3}, (), DAY)
     assert gets == 2
     assert await memcached_backend.load(key) == {"a": 1, "b": 2, "c": 3}
@@ -723,19 +733,18 @@ async def test_memcached_update_gives_up_when_every_cas_loses(
     """A session rewritten after every read fails the update with BackendUnavailableError after the set attempts."""
     key = keys.new_key()
     await memcached_backend.save(key, {"a": 1}, DAY)
-    cache = memcached_backend._cache
-    raw = cache.raw
+    client = memcached_backend._cache
+    original_gets = client.gets
     gets = 0
 
-    async def racing_raw(command: str, *args: Any, **kwargs: Any) -> Any:
+    async def racing_gets(name: str) -> Any:
         nonlocal gets
-        reply = await raw(command, *args, **kwargs)
-        if command == "gets":
-            gets += 1
-            await memcached_backend.entries.set(raw_key(key), f'{{"a":{gets}}}', DAY)
+        reply = await original_gets(name)
+        gets += 1
+        await memcached_backend.entries.set(raw_key(key), f'{{"a":{gets}}}', DAY)
         return reply
 
-    monkeypatch.setattr(cache, "raw", racing_raw)
+    monkeypatch.setattr(client, "gets", racing_gets)
     with pytest.raises(BackendUnavailableError, match=f"{UPDATE_ATTEMPTS} attempts"):
         await memcached_backend.update(key, {"c": 3}, (), DAY)
     assert gets == UPDATE_ATTEMPTS
@@ -749,15 +758,15 @@ async def test_memcached_updates_from_one_process_take_turns(
     """32 concurrent updates of one session in one process never make each other retry: one gets each."""
     key = keys.new_key()
     await memcached_backend.save(key, {}, DAY)
-    cache = memcached_backend._cache
-    raw = cache.raw
+    client = memcached_backend._cache
+    original_gets = client.gets
     commands: list[str] = []
 
-    async def counting_raw(command: str, *args: Any, **kwargs: Any) -> Any:
-        commands.append(command)
-        return await raw(command, *args, **kwargs)
+    async def counting_gets(name: str) -> Any:
+        commands.append("gets")
+        return await original_gets(name)
 
-    monkeypatch.setattr(cache, "raw", counting_raw)
+    monkeypatch.setattr(client, "gets", counting_gets)
     await asyncio.gather(*(memcached_backend.update(key, {f"k{index}": index}, (), DAY) for index in range(32)))
     assert commands == ["gets"] * 32
     assert await memcached_backend.load(key) == {f"k{index}": index for index in range(32)}
