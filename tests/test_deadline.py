@@ -129,6 +129,8 @@ def test_store_timeout_must_be_positive_seconds(value: Any) -> None:
 class HangingBackend(MemoryBackend):
     """A memory store whose open, load or save can be made to hang, as a black-holed server would."""
 
+    waits = True  # unlike the MemoryBackend it extends, its calls may wait: store_timeout must bound them
+
     def __init__(self) -> None:
         super().__init__()
         self.hang: set[str] = set()

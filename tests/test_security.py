@@ -161,12 +161,31 @@ async def redis_items(url: str) -> list[tuple[bytes, bytes]]:
     try:
         items = []
         for key in await client.keys("*"):
-            value = await client.get(key)
-            assert isinstance(key, bytes) and isinstance(value, (bytes, type(None)))
-            items.append((key, value or b""))
+            assert isinstance(key, bytes)
+            value: bytes
+            if await client.type(key) == b"hash":  # a session: its fields and values, key by key, in turn
+                fields: dict[bytes, bytes] = await client.hgetall(key)  # type: ignore[assignment]  # bytes: no decode_responses
+                value = b"".join(f + b"\n" + v for f, v in fields.items())
+            else:
+                stored = await client.get(key)
+                assert isinstance(stored, (bytes, type(None)))
+                value = stored or b""
+            items.append((key, value))
         return items
     finally:
         await client.aclose()
+
+
+async def redis_session_text(url: str, key: str) -> bytes:
+    """The JSON object a Redis session hash spells: ``{field:value,...}`` from its fields and values."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        fields: dict[bytes, bytes] = await client.hgetall(key)  # type: ignore[assignment]  # bytes: no decode_responses
+    finally:
+        await client.aclose()
+    return b"{" + b",".join(f + b":" + v for f, v in fields.items()) + b"}"
 
 
 async def memcached_get(url: str, key: str) -> bytes | None:
@@ -286,7 +305,8 @@ async def test_cache_stores_hold_json_text(
     skey = KEY_PREFIX + keys.storage_key(key)
     raw: object
     if backend_fixture == "redis_backend":
-        raw = dict(await redis_items(request.getfixturevalue("redis_url"))).get(skey.encode())
+        # A Redis session is a hash of per-key JSON values: each field is a key's JSON text, each value JSON.
+        raw = await redis_session_text(request.getfixturevalue("redis_url"), skey)
     elif backend_fixture == "memcached_backend":
         raw = await memcached_get(request.getfixturevalue("memcached_url"), skey)
     else:

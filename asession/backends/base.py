@@ -69,7 +69,8 @@ class SessionBackend(ABC):
     #: (:mod:`asession.deadline`).
     prompt_cancellation: bool = True
     #: Calls of this store may wait (on a server, a lock, a disk). ``False`` for stores that answer without
-    #: ever waiting (memory, signed cookies): they have nothing for ``store_timeout`` to bound.
+    #: ever waiting (memory, signed cookies): they have nothing for ``store_timeout`` to bound, and skip the
+    #: watchdog on every request. A subclass of those whose calls do wait must set it back to ``True``.
     waits: bool = True
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
