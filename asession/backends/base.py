@@ -386,13 +386,13 @@ class SessionBackend(ABC):
         :class:`CreateError` when ``skey`` is already stored and live.
         """
 
+    @abstractmethod
     async def _update(self, skey: str, changes: Changes, expiry_age: int) -> str | None:
         """Apply ``changes`` to the live session under ``skey`` and refresh its expiry, in one atomic step.
 
         Raise :class:`UpdateError` (``self._gone()``) when no live session is stored, writing nothing.
         Return the new payload when the backend built it (``self._merge``), ``None`` otherwise.
         """
-        raise NotImplementedError(f"{type(self).__name__} cannot merge updates yet.")
 
     @abstractmethod
     async def _exists(self, skey: str) -> bool:
