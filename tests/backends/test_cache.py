@@ -772,6 +772,44 @@ async def test_memcached_updates_from_one_process_take_turns(
     assert await memcached_backend.load(key) == {f"k{index}": index for index in range(32)}
 
 
+@pytest.mark.memcached
+async def test_user_supplied_memcached_cache_updates_by_gets_and_cas(
+    memcached_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An aiocache MemcachedCache handed in merges by gets and cas: a write between them is merged onto, not lost."""
+    parts = urlsplit(memcached_url)
+    cache = MemcachedCache(endpoint=parts.hostname, port=parts.port or 11211, namespace="myapp")
+    key = keys.new_key()
+    try:
+        async with CacheBackend(cache) as backend:
+            await backend.save(key, {"a": 1}, DAY)
+            raw = cache.raw
+            gets = 0
+
+            async def racing_raw(command: str, *args: Any, **kwargs: Any) -> Any:
+                nonlocal gets
+                reply = await raw(command, *args, **kwargs)
+                if command == "gets":
+                    gets += 1
+                    if gets == 1:  # another worker's update lands after this read
+                        await backend.entries.set(raw_key(key), '{"a":1,"b":2}', DAY)
+                return reply
+
+            monkeypatch.setattr(cache, "raw", racing_raw)
+            await backend.update(key, {"c": 3}, (), DAY)
+            monkeypatch.undo()
+            assert gets == 2
+            assert await cache.client.get(b"myapp" + raw_key(key).encode()) == b'{"a":1,"b":2,"c":3}'
+            await asyncio.gather(*(backend.update(key, {f"k{index}": index}, (), DAY) for index in range(24)))
+            assert await backend.load(key) == {"a": 1, "b": 2, "c": 3, **{f"k{index}": index for index in range(24)}}
+            await backend.delete(key)
+            with pytest.raises(UpdateError):
+                await backend.update(key, {"v": 1}, (), DAY)
+            assert not await backend.exists(key)
+    finally:
+        await cache.close()
+
+
 class YieldingMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache is untyped
     """A memory cache whose reads let other tasks run, as a cache with a timeout or a plugin does."""
 
