@@ -268,13 +268,7 @@ class Session(AsyncAccessors):
         self._check()
         dict.__setitem__(self, key, value)
         self.accessed = self.modified = True
-        changed = self._changed
-        if changed is None:
-            self._changed = {key}
-        else:
-            changed.add(key)
-        if self._removed is not None:
-            self._removed.discard(key)
+        self._set(key)
 
     def __delitem__(self, key: str) -> None:
         self._check()
@@ -398,9 +392,7 @@ class Session(AsyncAccessors):
         else:
             self._key = await self._create(age)
         self._stored = True
-        # _reset_changes(), inline: this runs on every saving request.
-        self._expiry_changed = self._replace = self._marked = False
-        self._changed = self._removed = self._snapshots = None
+        self._reset_changes()
 
     def _changes(self) -> Changes:
         """What this request did to the session since it was loaded (or last saved)."""

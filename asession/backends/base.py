@@ -181,7 +181,7 @@ class SessionBackend(ABC):
         """
         if self._state is not BackendState.OPEN:
             self._check_open()
-        skey = key.skey if type(key) is keys.ValidKey and key.hashed is self.hashes_keys else self._skey(key)
+        skey = self._skey(key)
         if skey is None:
             return None
         try:
@@ -268,7 +268,7 @@ class SessionBackend(ABC):
         """
         if self._state is not BackendState.OPEN:
             self._check_open()
-        skey = key.skey if type(key) is keys.ValidKey and key.hashed is self.hashes_keys else self._skey(key)
+        skey = self._skey(key)
         if skey is None:
             raise UpdateError(f"No session can be stored under the malformed key {key!r}; nothing was written.")
         changes = Changes(

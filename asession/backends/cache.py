@@ -268,7 +268,8 @@ class _AiocacheStore:
         return True
 
     async def update(self, key: str, changes: Changes, ttl: int, backend: CacheBackend) -> str | None:
-        raise NotImplementedError
+        """Merge atomically; each subclass says how its cache makes the read, merge and write one step."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how it merges updates atomically.")
 
     async def check(self) -> None:
         await self.cache.exists(_OPEN_CHECK_KEY)
