@@ -25,6 +25,7 @@ clean-up in the background. That costs a task per call, nothing beside a Postgre
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ T = TypeVar("T")
 #: Seconds between two checks of the watchdog: how late past its bound a call may be cancelled.
 TICK = 0.05
 _TICKS_PER_SECOND = round(1 / TICK)
+_current_task = asyncio.current_task
 
 
 class _Watchdog:
@@ -67,17 +69,28 @@ class _Watchdog:
             self.arm()
 
 
-# The watchdog of the loop seen last. Each bounded() call keeps a reference to the watchdog it registered
-# with, so a process that alternates between loops (a test client's thread) only builds one more.
-_current: _Watchdog | None = None
+# Each thread's watchdog, of the loop that thread ran when it was made. Asking asyncio for the running loop
+# or the current task costs a getpid() system call on Python 3.11 (a check against fork), 3-5 µs per call
+# under load on the benchmark machine (py-spy, benchmarks/PROFILE.md), which is more than the whole rest of
+# a bounded call. So the hot path finds the watchdog of its thread, and the current task of that watchdog's
+# loop, without asking for the running loop: a thread runs one loop at a time, so a task running on the
+# loop its watchdog recorded is this thread's. Only when there is none (a new thread, or a thread that has
+# moved on to another loop, as a test client's does) does it ask asyncio and make a new watchdog.
+_local = threading.local()
 
 
 def _watchdog() -> _Watchdog:
-    global _current
+    """This thread's watchdog for the running loop, made anew when the thread runs another loop now."""
     loop = asyncio.get_running_loop()
-    watchdog = _current
+    watchdog: _Watchdog | None = getattr(_local, "watchdog", None)
     if watchdog is None or watchdog.loop is not loop:
-        watchdog = _current = _Watchdog(loop)
+        watchdog = _local.watchdog = _Watchdog(loop)
+    return watchdog
+
+
+def current() -> _Watchdog | None:
+    """This thread's watchdog, if it has made one (for tests)."""
+    watchdog: _Watchdog | None = getattr(_local, "watchdog", None)
     return watchdog
 
 
@@ -122,12 +135,16 @@ async def bounded(call: Awaitable[T], timeout: float | None, store: object) -> T
         return await call
     if not getattr(store, "prompt_cancellation", True):
         return await _abandoning(call, timeout, store)
-    watchdog = _current
-    if watchdog is None or watchdog.loop is not asyncio.get_running_loop():
-        watchdog = _watchdog()
-    task: asyncio.Task[object] | None = asyncio.current_task()
+    found: _Watchdog | None = getattr(_local, "watchdog", None)
+    task: asyncio.Task[object] | None = None if found is None else _current_task(found.loop)
+    if found is None or task is None:  # no watchdog in this thread yet, or of a loop it no longer runs
+        found = _watchdog()
+        task = _current_task(found.loop)
+        if task is None:
+            return await call
+    watchdog = found
     deadlines = watchdog.deadlines
-    if task is None or task in deadlines:
+    if task in deadlines:
         return await call
     # The first tick may come at once (the ticker is already running), so two ticks more than the bound
     # holds: the call is cancelled between timeout and timeout + 2 * TICK seconds after it started.

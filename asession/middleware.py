@@ -165,13 +165,22 @@ class SessionMiddleware:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         cookie = cookies.read_cookie(scope["headers"], self._cookie_prefix)
-        session = Session(self.backend, cookie, self.config)
-        # A request without a (well-formed) cookie skips the store, once the backend is open.
-        if (session.session_key is not None or not self.backend.is_open) and not await self._prepare(
-            session, "answering 503"
-        ):
-            await _send_unavailable(send)
-            return
+        backend = self.backend
+        session = Session(backend, cookie, self.config)
+        if backend.state is not BackendState.OPEN:
+            if not await self._prepare(session, "answering 503"):
+                await _send_unavailable(send)
+                return
+        elif session.session_key is not None:  # a request without a (well-formed) cookie skips the store
+            # _prepare() inline: this runs on every request with a cookie.
+            try:
+                await session.load()
+            except Exception as exc:
+                self._failures.failure("Could not load the session from %r; answering 503.", backend, exc=exc)
+                await _send_unavailable(send)
+                return
+            if self._failures.failing:
+                self._failures.recovered(backend)
         scope["session"] = session
         had_cookie = cookie is not None
         save_every_request = self._save_every_request

@@ -386,8 +386,7 @@ class Session(AsyncAccessors):
         if must_create and key is not None:
             await bounded(backend.save(key, self._snapshot(), age, must_create=True), config.store_timeout, backend)
         elif key is not None and self._stored and backend.merges:
-            changes = self._changes()
-            call = backend.update(key, changes.changed, changes.removed, age, replace=changes.replace)
+            call = backend.apply(key, self._changes(), age)
             await (bounded(call, config.store_timeout, backend) if backend.waits else call)
         else:
             self._key = await self._create(age)

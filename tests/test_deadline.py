@@ -103,7 +103,8 @@ async def test_many_bounded_calls_each_end_in_time() -> None:
     from asession import deadline
 
     await asyncio.sleep(TICK * 2)
-    assert deadline._current is not None and deadline._current.timer is None and not deadline._current.deadlines
+    watchdog = deadline.current()
+    assert watchdog is not None and watchdog.timer is None and not watchdog.deadlines
 
 
 # -- SessionConfig.store_timeout ---------------------------------------------------------------------------

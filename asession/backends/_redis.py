@@ -260,10 +260,7 @@ def _parse_option(kwargs: dict[str, Any], name: str, value: str) -> None:
 
 def _command(*args: bytes) -> bytes:
     """Encode a command as a RESP array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
-    return b"".join(out)
+    return b"*%d\r\n%b" % (len(args), b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args]))
 
 
 def _parse(buf: bytes | bytearray, pos: int, limit: int = DEFAULT_MAX_REPLY_SIZE) -> tuple[Any, int]:
@@ -302,7 +299,21 @@ def _parse(buf: bytes | bytearray, pos: int, limit: int = DEFAULT_MAX_REPLY_SIZE
                 return None, end + 2
             items = []
             cursor = end + 2
+            size = len(buf)
             for _ in range(count):
+                # Bulk strings (HGETALL's fields and values, a script's reply) parsed in place; the rest,
+                # and anything odd, through the general case.
+                if cursor < size and buf[cursor] == 36:
+                    line_end = buf.find(_CRLF, cursor)
+                    if line_end > 0:
+                        length = int(buf[cursor + 1 : line_end])
+                        if 0 <= length <= limit:
+                            stop = line_end + 2 + length
+                            if size < stop + 2:
+                                return None, _INCOMPLETE
+                            items.append(bytes(buf[line_end + 2 : stop]))
+                            cursor = stop + 2
+                            continue
                 item, cursor = _parse(buf, cursor, limit)
                 if cursor == _INCOMPLETE:
                     return None, _INCOMPLETE
@@ -438,11 +449,18 @@ class _Connection(asyncio.Protocol):
 class Script:
     """A Lua script for :meth:`RedisClient.run`, known to the server by its SHA-1 once it has been sent."""
 
-    __slots__ = ("sha", "source")
+    __slots__ = ("sha", "source", "evalsha")
 
     def __init__(self, source: str) -> None:
         self.source = source.encode()
         self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
+        #: ``EVALSHA`` and the SHA-1 as RESP bulk strings, encoded once rather than on every call.
+        self.evalsha = b"$7\r\nEVALSHA\r\n$%d\r\n%b\r\n" % (len(self.sha), self.sha)
+
+
+def is_noscript(exc: RedisError) -> bool:
+    """Whether ``exc`` is Redis saying it does not know a script (``EVALSHA`` ran nothing)."""
+    return str(exc).startswith("NOSCRIPT")
 
 
 def _arg(value: bytes | str | int) -> bytes:
@@ -601,19 +619,30 @@ class RedisClient:
         """Send any command; the reply as parsed by :func:`_parse` (errors raised as :class:`RedisError`)."""
         return self._send(_command(*map(_arg, args)))
 
+    def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Awaitable[Any]:
+        """``EVALSHA`` of ``script``: its reply, or :class:`RedisError` ``NOSCRIPT ...`` (nothing ran) when the
+        server does not know the script yet; :meth:`run` handles that. Callers on a hot path await this and
+        fall back to :meth:`run` on ``NOSCRIPT``, which spares them a coroutine."""
+        parts = [b"%d" % len(keys), *map(str.encode, keys)]
+        parts += [arg if type(arg) is bytes else str(arg).encode() for arg in args]
+        return self._send(
+            b"*%d\r\n%b%b" % (len(parts) + 2, script.evalsha, b"".join([b"$%d\r\n%b\r\n" % (len(p), p) for p in parts]))
+        )
+
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
         """Run ``script`` atomically on ``keys`` with ``args``: its reply, as :meth:`execute` gives it.
 
         ``EVALSHA`` first; a server that does not know the script yet (restarted, ``SCRIPT FLUSH``) answers
         ``NOSCRIPT`` without running anything, and gets the source once through ``EVAL``, which caches it.
         """
-        tail = [b"%d" % len(keys), *(key.encode() for key in keys), *map(_arg, args)]
         try:
-            return await self._send(_command(b"EVALSHA", script.sha, *tail))
+            return await self.evalsha(script, keys, args)
         except RedisError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
+            if not is_noscript(exc):
                 raise
-        return await self._send(_command(b"EVAL", script.source, *tail))
+        return await self._send(
+            _command(b"EVAL", script.source, b"%d" % len(keys), *map(str.encode, keys), *map(_arg, args))
+        )
 
     def get(self, key: str) -> Awaitable[bytes | None]:
         """``GET key``: the value as bytes, or ``None``."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -266,16 +266,27 @@ class SessionBackend(ABC):
         :class:`SessionError` when the merged session would exceed ``max_size``, before anything is
         written. A non-positive ``expiry_age`` forgets the session, as :meth:`save` does.
         """
+        return await self.apply(
+            key,
+            Changes(
+                changed if type(changed) is dict else dict(changed),
+                removed if type(removed) is frozenset else frozenset(removed),
+                replace,
+            ),
+            expiry_age,
+        )
+
+    async def apply(self, key: str | keys.ValidKey, changes: Changes, expiry_age: int) -> None:
+        """:meth:`update` with the changes as one :class:`~asession.changes.Changes`: what a session's save calls.
+
+        Same atomic merge, errors and expiry rule as :meth:`update`; ``changes.changed`` must be a ``dict``
+        and ``changes.removed`` a ``frozenset``.
+        """
         if self._state is not BackendState.OPEN:
             self._check_open()
         skey = self._skey(key)
         if skey is None:
             raise UpdateError(f"No session can be stored under the malformed key {key!r}; nothing was written.")
-        changes = Changes(
-            changed if type(changed) is dict else dict(changed),
-            removed if type(removed) is frozenset else frozenset(removed),
-            replace,
-        )
         try:
             if expiry_age <= 0:
                 await self._delete(skey)
@@ -375,8 +386,12 @@ class SessionBackend(ABC):
         """Release what :meth:`_open` acquired."""
 
     @abstractmethod
-    async def _load(self, skey: str) -> str | bytes | None:
-        """Return the JSON text stored under the storage key ``skey``, or ``None`` if missing or expired."""
+    def _load(self, skey: str) -> Awaitable[str | bytes | None]:
+        """Return the JSON text stored under the storage key ``skey``, or ``None`` if missing or expired.
+
+        Usually a coroutine; a backend may hand back its driver's awaitable as it is, which spares every
+        load a coroutine frame.
+        """
 
     @abstractmethod
     async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None:

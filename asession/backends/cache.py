@@ -513,10 +513,12 @@ return 1
 # What _UPDATE answers, as the first item of its reply.
 _MISSING, _STRING, _CORRUPT, _TOO_LARGE, _WRITTEN = range(5)
 
-#: Merge a request's changes into a session. KEYS[1] the session; ARGV[1] the TTL; ARGV[2] max_size; ARGV[3]
-#: '1' to replace the whole session; ARGV[4] how many fields to delete, then those fields; then the fields and
-#: values to set, in turn. Answers {0} nothing stored, {1, text} a session stored as one string, {2, why}
-#: corrupt, {3, size} too large (nothing written in these four cases), {4} written.
+#: Merge a request's changes into a session. KEYS[1] the session; ARGV[1] 'TTL MAX_SIZE REPLACE REMOVED' (the
+#: TTL, max_size, 1 to replace the whole session or 0, how many fields to delete: one argument rather than
+#: four, since every argument costs the client an encoding on every update); then the fields to delete; then
+#: the fields and values to set, in turn. Answers {0} nothing stored, {1, text} a session stored as one
+#: string, {2, why} corrupt, {3, size} too large (nothing written in these four cases), and 4, a plain
+#: integer rather than an array, the usual answer, when written.
 #: The size is that of the JSON text a load joins: '{' and '}', and per field 'name:value' and a ','
 #: (one fewer than fields), in bytes as the load measures it.
 _UPDATE = _redis.Script(
@@ -527,12 +529,13 @@ local kind = redis.call('TYPE', key).ok
 if kind == 'none' then return {0} end
 if kind == 'string' then return {1, redis.call('GET', key)} end
 if kind ~= 'hash' then return {2, 'a Redis ' .. kind .. ' is stored under the key'} end
-local replace = ARGV[3] == '1'
-local first = 5 + tonumber(ARGV[4])
+local ttl, max_size, replace_flag, removed = string.match(ARGV[1], '^(%d+) (%d+) ([01]) (%d+)$')
+local replace = replace_flag == '1'
+local first = 2 + tonumber(removed)
 local size, count, marker = 1, 0, false
 if not replace then
   local dropped = {}
-  for i = 5, first - 1 do dropped[ARGV[i]] = true end
+  for i = 2, first - 1 do dropped[ARGV[i]] = true end
   for i = first, #ARGV, 2 do dropped[ARGV[i]] = true end
   local stored = redis.call('HGETALL', key)
   for i = 1, #stored, 2 do
@@ -557,11 +560,11 @@ for i = first, #ARGV, 2 do
   count = count + 1
 end
 if count == 0 then size = 2 end
-if size > tonumber(ARGV[2]) then return {3, size} end
+if size > tonumber(max_size) then return {3, size} end
 if replace then
   redis.call('DEL', key)
 else
-  for i = 5, first - 1, 1000 do
+  for i = 2, first - 1, 1000 do
     redis.call('HDEL', key, unpack(ARGV, i, math.min(i + 999, first - 1)))
   end
 end
@@ -571,8 +574,8 @@ if count == 0 then
 elseif marker then
   redis.call('HDEL', key, '')
 end
-redis.call('EXPIRE', key, ARGV[1])
-return {4}
+redis.call('EXPIRE', key, ttl)
+return 4
 """
 )
 
@@ -594,7 +597,7 @@ def _fields(data: Mapping[str, Any]) -> list[bytes | str | int]:
     fields: list[bytes | str | int] = []
     try:
         for key, value in data.items():
-            fields += (_field(key), serializers.dumps_value(value))
+            fields += (_field(key).encode(), serializers.dumps_value(value).encode())
     except TypeError:
         serializers.dumps(data)  # raises the TypeError that names the offending key
         raise
@@ -681,13 +684,19 @@ class _RedisStore:
             removed: list[str] = []
         else:
             removed = [_field(name) for name in changes.removed]
-        args: list[bytes | str | int] = [ttl, backend.max_size, 1 if changes.replace else 0, len(removed), *removed]
+        header = b"%d %d %d %d" % (ttl, backend.max_size, 1 if changes.replace else 0, len(removed))
+        args: list[bytes | str | int] = [header, *removed]
         args += _fields(changes.changed) if changes.changed else ()
         for attempt in range(UPDATE_ATTEMPTS):
-            reply = await self.client.run(_UPDATE, (key,), args)
-            outcome = reply[0]
-            if outcome == _WRITTEN:
+            try:
+                reply = await self.client.evalsha(_UPDATE, (key,), args)
+            except _redis.RedisError as exc:
+                if not _redis.is_noscript(exc):
+                    raise
+                reply = await self.client.run(_UPDATE, (key,), args)
+            if reply == _WRITTEN:
                 return None
+            outcome = reply[0]
             if outcome == _MISSING:
                 raise backend._gone()
             if outcome == _CORRUPT:
@@ -869,8 +878,9 @@ class CacheBackend(SessionBackend):
             return int(time.time()) + expiry_age
         return expiry_age
 
-    async def _load(self, skey: str) -> str | bytes | None:
-        return await self._store.load(KEY_PREFIX + skey)  # type: ignore[union-attr]  # open: never None
+    def _load(self, skey: str) -> Awaitable[str | bytes | None]:
+        # The store's awaitable as it is: no coroutine of this backend's own on the way of every load.
+        return self._store.load(KEY_PREFIX + skey)  # type: ignore[union-attr]  # open: never None
 
     async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None:
         store = self._store

@@ -583,16 +583,20 @@ async def test_redis_legacy_string_changed_meanwhile_is_merged_again(
     client = redis_backend._cache
     key = keys.new_key()
     await client.set(raw_key(key), '{"a":1}', 60)
-    run = client.run
+    run, evalsha = client.run, client.evalsha
     calls: list[bytes] = []
 
     async def racing_run(script: Any, keys_: Any, args: Any) -> Any:
-        calls.append(script.sha)
-        if len(calls) == 2:  # a parallel request of an earlier version writes the string before the conversion
+        if len(calls) == 1:  # a parallel request of an earlier version writes the string before the conversion
             await client.set(raw_key(key), '{"a":1,"b":2}', 60)
         return await run(script, keys_, args)
 
+    def counted_evalsha(script: Any, keys_: Any, args: Any) -> Any:  # every script goes through EVALSHA
+        calls.append(script.sha)
+        return evalsha(script, keys_, args)
+
     monkeypatch.setattr(client, "run", racing_run)
+    monkeypatch.setattr(client, "evalsha", counted_evalsha)
     await redis_backend.update(key, {"c": 3}, (), DAY)
     monkeypatch.undo()
     assert await redis_backend.load(key) == {"a": 1, "b": 2, "c": 3}

@@ -133,6 +133,9 @@ REPLIES: list[tuple[bytes, Any]] = [
     (b"$-1\r\n", None),
     (b"*-1\r\n", None),
     (b"*3\r\n$1\r\na\r\n:1\r\n*1\r\n+x\r\n", [b"a", 1, [b"x"]]),
+    # HGETALL's shape (bulk strings parsed in place), with an empty one, a null one and a CRLF inside one.
+    (b'*4\r\n$9\r\n"counter"\r\n$1\r\n5\r\n$0\r\n\r\n$-1\r\n', [b'"counter"', b"5", b"", None]),
+    (b"*2\r\n$4\r\na\r\nb\r\n$2\r\n12\r\n", [b"a\r\nb", b"12"]),
 ]
 
 
@@ -150,10 +153,15 @@ def test_parse_error_reply_is_returned_not_raised() -> None:
     assert isinstance(error, RedisError) and str(error) == "ERR wrong type" and end == 17
 
 
-@pytest.mark.parametrize("wire", [b"?huh\r\n", b"$x\r\n", b":1.5\r\n", b"*two\r\n"])
+@pytest.mark.parametrize("wire", [b"?huh\r\n", b"$x\r\n", b":1.5\r\n", b"*two\r\n", b"*1\r\n$x\r\nab\r\n"])
 def test_parse_garbage_raises_protocol_error(wire: bytes) -> None:
     with pytest.raises(ProtocolError, match="malformed reply"):
         _redis._parse(wire, 0)
+
+
+def test_array_element_over_the_reply_limit_fails() -> None:
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        _redis._parse(b"*1\r\n$100\r\n" + b"x" * 100 + b"\r\n", 0, limit=10)
 
 
 def test_command_encoding() -> None:
