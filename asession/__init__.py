@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from asession.config import SessionConfig
+from asession.events import SessionEvent
 from asession.exceptions import (
     BackendUnavailableError,
     CreateError,
@@ -12,6 +13,7 @@ from asession.exceptions import (
 )
 from asession.middleware import SessionMiddleware
 from asession.session import Session
+from asession.users import SessionInfo
 
 __version__ = "0.1.0"
 
@@ -22,6 +24,8 @@ __all__ = [
     "Session",
     "SessionConfig",
     "SessionError",
+    "SessionEvent",
+    "SessionInfo",
     "SessionMiddleware",
     "UpdateError",
     "__version__",

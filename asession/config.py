@@ -33,6 +33,12 @@ class SessionConfig:
     cookies. ``save_every_request`` saves (and re-sends the cookie) on every request, which turns the
     expiry into an idle timeout. The ``cookie_*`` fields are the attributes of the ``Set-Cookie`` header.
 
+    ``idle_timeout`` ends a session after that many seconds without a request, ``absolute_timeout`` that
+    many seconds after it was created or last logged in (``Session.login()``), whatever the activity; both
+    are enforced by the store's expiry, not by the cookie. A request that changes nothing refreshes the
+    idle expiry at most once per ``touch_interval`` (default: a tenth of ``idle_timeout``, at least 1 s),
+    with a touch of the stored session rather than a save, and only then sends the cookie again.
+
     Raises :class:`ImproperlyConfigured` when a combination is one browsers reject: a ``__Host-`` cookie
     name without ``cookie_secure``, with a domain or with a path other than ``/``; a ``__Secure-`` name
     without ``cookie_secure``; ``SameSite=None`` or ``cookie_partitioned`` without ``cookie_secure``.
@@ -49,6 +55,9 @@ class SessionConfig:
     cookie_samesite: SameSite | None = "lax"
     cookie_partitioned: bool = False
     store_timeout: float | None = DEFAULT_STORE_TIMEOUT
+    idle_timeout: int | None = None
+    absolute_timeout: int | None = None
+    touch_interval: int | None = None
 
     def __post_init__(self) -> None:
         if not self.cookie_name or any(c in self.cookie_name for c in ' \t\r\n;,="()<>@:\\/[]?{}'):
@@ -72,7 +81,37 @@ class SessionConfig:
             raise ImproperlyConfigured(
                 f"store_timeout must be a positive number of seconds or None, not {self.store_timeout!r}."
             )
+        for name in ("idle_timeout", "absolute_timeout", "touch_interval"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ImproperlyConfigured(f"{name} must be a positive number of seconds or None, not {value!r}.")
+        if self.touch_interval is not None and self.idle_timeout is None:
+            raise ImproperlyConfigured("touch_interval only applies with idle_timeout: set idle_timeout too.")
+        if (
+            self.touch_interval is not None
+            and self.idle_timeout is not None
+            and self.touch_interval >= self.idle_timeout
+        ):
+            raise ImproperlyConfigured(
+                f"touch_interval ({self.touch_interval} s) must be shorter than idle_timeout ({self.idle_timeout} s), "
+                "or an idle session would end before any request could refresh it."
+            )
         self._check_browser_rules()
+
+    @property
+    def effective_touch_interval(self) -> int | None:
+        """How often a request that changed nothing refreshes the idle expiry: ``touch_interval``, or by
+        default a tenth of ``idle_timeout`` (at least 1 s); ``None`` without ``idle_timeout``."""
+        if self.idle_timeout is None:
+            return None
+        if self.touch_interval is not None:
+            return self.touch_interval
+        return max(1, self.idle_timeout // 10)
+
+    @property
+    def tracks_activity(self) -> bool:
+        """Whether sessions carry their start and last activity (an idle or absolute timeout is set)."""
+        return self.idle_timeout is not None or self.absolute_timeout is not None
 
     def _check_browser_rules(self) -> None:
         name = self.cookie_name

@@ -13,7 +13,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asession import cookies
+from asession import cookies, events
 from asession.backends.base import BackendState, SessionBackend
 from asession.config import SessionConfig
 from asession.deadline import bounded
@@ -63,7 +63,12 @@ class SessionMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, backend: SessionBackend | None = None, *, config: SessionConfig | None = None
+        self,
+        app: ASGIApp,
+        backend: SessionBackend | None = None,
+        *,
+        config: SessionConfig | None = None,
+        on_event: events.Listener | None = None,
     ) -> None:
         if backend is None:
             from asession.backends.db import DatabaseBackend
@@ -82,6 +87,9 @@ class SessionMiddleware:
         self._cookie_prefix = f"{self.config.cookie_name}=".encode("latin-1")
         self._cookie_attrs = cookies.attributes(self.config)
         self._expired_cookie = cookies.expired_cookie(self.config.cookie_name, self._cookie_attrs)
+        self.on_event = on_event
+        self._listener = None if on_event is None else events.dispatcher(on_event)
+        self._touches = self.config.idle_timeout is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -167,9 +175,11 @@ class SessionMiddleware:
         cookie = cookies.read_cookie(scope["headers"], self._cookie_prefix)
         backend = self.backend
         session = Session(backend, cookie, self.config)
+        session._headers = scope["headers"]
+        listener = session._listener = self._listener
         if backend.state is not BackendState.OPEN:
             if not await self._prepare(session, "answering 503"):
-                await _send_unavailable(send)
+                await self._unavailable(send, listener)
                 return
         elif session.session_key is not None:  # a request without a (well-formed) cookie skips the store
             # _prepare() inline: this runs on every request with a cookie.
@@ -177,7 +187,7 @@ class SessionMiddleware:
                 await session.load()
             except Exception as exc:
                 self._failures.failure("Could not load the session from %r; answering 503.", backend, exc=exc)
-                await _send_unavailable(send)
+                await self._unavailable(send, listener)
                 return
             if self._failures.failing:
                 self._failures.recovered(backend)
@@ -201,6 +211,8 @@ class SessionMiddleware:
                             "The session ended during the request (flushed, rotated or revoked); answering 400."
                         )
                         replaced = True
+                        if listener is not None:
+                            await listener("interrupted", session._handle(), session.user_id)
                         await self._send_interrupted(send)
                         return
                     except Exception as exc:
@@ -210,12 +222,14 @@ class SessionMiddleware:
                             "Could not save the session to %r; answering 503.", self.backend, exc=exc
                         )
                         replaced = True
-                        await _send_unavailable(send)
+                        await self._unavailable(send, listener)
                         return
                     if self._failures.failing:
                         self._failures.recovered(self.backend)
                     if headers:
                         message["headers"] = _merge_headers(message.get("headers", ()), headers)
+                elif self._touches and session.needs_touch() and message["status"] < 500:
+                    message["headers"] = _merge_headers(message.get("headers", ()), await self._touch(session))
                 elif session.accessed:  # read only: nothing to save, but the response varies by cookie
                     message["headers"] = _merge_headers(message.get("headers", ()), _VARY_ONLY)
             await send(message)
@@ -242,6 +256,29 @@ class SessionMiddleware:
             headers.append((b"set-cookie", self._session_cookie(session)))
         return headers
 
+    async def _touch(self, session: Session) -> Headers:
+        """Refresh the idle expiry of a session the request only read; the headers to add.
+
+        The cookie is sent again with the new expiry, since it would otherwise end before the session. A
+        session that ended meanwhile loses its cookie; a store that fails leaves the expiry as it was (the
+        request itself needed nothing written), logged like any store failure.
+        """
+        try:
+            await session.touch()
+        except UpdateError:
+            return [(b"set-cookie", self._expired_cookie), _VARY]
+        except Exception as exc:
+            if not _is_store_failure(exc):
+                raise
+            self._failures.failure("Could not refresh the idle expiry in %r; answering anyway.", self.backend, exc=exc)
+            return [_VARY]
+        return [_VARY, (b"set-cookie", self._session_cookie(session))]
+
+    async def _unavailable(self, send: Send, listener: events.Dispatch | None) -> None:
+        if listener is not None:
+            await listener("store_error", None, None)
+        await _send_unavailable(send)
+
     async def _send_interrupted(self, send: Send) -> None:
         headers: Headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -264,9 +301,13 @@ class SessionMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = Session(self.backend, cookies.read_cookie(scope["headers"], self._cookie_prefix), self.config)
+        session._headers = scope["headers"]
+        session._listener = self._listener
         if (session.session_key is not None or not self.backend.is_open) and not await self._prepare(
             session, "refusing the WebSocket"
         ):
+            if self._listener is not None:
+                await self._listener("store_error", None, None)
             if "websocket.http.response" in (scope.get("extensions") or {}):
                 await send(
                     {"type": "websocket.http.response.start", "status": 503, "headers": list(_UNAVAILABLE_HEADERS)}

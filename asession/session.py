@@ -11,16 +11,18 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from asession import expiry, serializers
+from asession import expiry, serializers, users
 from asession._async_accessors import _MISSING, AsyncAccessors
 from asession.changes import Changes
 from asession.config import SessionConfig
 from asession.deadline import bounded
+from asession.events import Dispatch
 from asession.exceptions import SessionError
 from asession.keys import ValidKey
 
 if TYPE_CHECKING:
     from asession.backends.base import SessionBackend
+
 
 __all__ = ["Session"]
 
@@ -54,6 +56,9 @@ class Session(AsyncAccessors):
         "_replace",
         "_marked",
         "_snapshots",
+        "_meta",
+        "_listener",
+        "_headers",
         "modified",
         "accessed",
     )
@@ -75,6 +80,12 @@ class Session(AsyncAccessors):
         self._changed: set[str] | None = None
         self._removed: set[str] | None = None
         self._snapshots: dict[str, str] | None = None
+        #: Start, last activity, expiry and user agent (asession.users.META_KEY), kept beside the mapping.
+        self._meta: dict[str, Any] | None = None
+        #: Set by the middleware when someone listens to session events.
+        self._listener: Dispatch | None = None
+        #: The request's ASGI headers, set by the middleware: login() records the User-Agent.
+        self._headers: list[tuple[bytes, bytes]] | None = None
         self.modified = False
         self.accessed = False
 
@@ -341,6 +352,8 @@ class Session(AsyncAccessors):
         data = dict(dict.items(self))
         if self._expiry is not None:
             data[expiry.EXPIRY_KEY] = self._expiry
+        if self._meta is not None:
+            data[users.META_KEY] = self._meta
         return data
 
     async def load(self) -> None:
@@ -362,6 +375,9 @@ class Session(AsyncAccessors):
             stored_expiry = data.pop(expiry.EXPIRY_KEY, None)
             if stored_expiry is not None:
                 self._expiry = expiry.parse_stored(stored_expiry)
+            meta = data.pop(users.META_KEY, None)
+            if meta is not None:
+                self._meta = users.parse_meta(meta)
             dict.update(self, data)
             self._stored = True
         self._loaded = True
@@ -382,16 +398,50 @@ class Session(AsyncAccessors):
         config = self._config
         backend = self._backend
         key = self._key
-        age = expiry.age(self._expiry, config.max_age)
+        age = self._age()
         if must_create and key is not None:
             await bounded(backend.save(key, self._snapshot(), age, must_create=True), config.store_timeout, backend)
         elif key is not None and self._stored and backend.merges:
-            call = backend.apply(key, self._changes(), age)
+            changes = self._changes()
+            if self._meta is not None:
+                changes.changed[users.META_KEY] = self._meta  # type: ignore[index]  # built here: a dict
+            call = backend.apply(key, changes, age)
             await (bounded(call, config.store_timeout, backend) if backend.waits else call)
         else:
             self._key = await self._create(age)
+            self._stored = True
+            self._reset_changes()
+            await self._emit("created")
+            return
         self._stored = True
         self._reset_changes()
+
+    def _age(self) -> int:
+        """Seconds the store keeps the session from now: Django's expiry, capped by the idle and absolute
+        timeouts; also records the activity in the metadata of sessions that carry it."""
+        config = self._config
+        meta = self._meta
+        if meta is None:
+            if not (config.tracks_activity or dict.__contains__(self, users.USER_ID_KEY)):
+                return expiry.age(self._expiry, config.max_age)  # the usual session: Django's rule alone
+            meta = self._meta = users.new_meta(expiry.timestamp())
+        now = expiry.timestamp()
+        age = self._capped_age(now)
+        meta["seen"] = round(now, 3)
+        meta["expires"] = int(now) + age
+        return age
+
+    def _capped_age(self, now: float) -> int:
+        """Django's expiry age, capped by ``idle_timeout`` and by what is left of ``absolute_timeout``."""
+        config = self._config
+        age = expiry.age(self._expiry, config.max_age)
+        if config.idle_timeout is not None:
+            age = min(age, config.idle_timeout)
+        if config.absolute_timeout is not None:
+            started = None if self._meta is None else self._meta.get("started")
+            start = started if isinstance(started, (int, float)) else now
+            age = min(age, int(start + config.absolute_timeout - now))
+        return age
 
     def _changes(self) -> Changes:
         """What this request did to the session since it was loaded (or last saved)."""
@@ -445,10 +495,11 @@ class Session(AsyncAccessors):
     async def create(self) -> None:
         """Store this session under a new unique key (an empty session for a new one)."""
         self._loaded = True
-        self._key = await self._create(self.get_expiry_age())
+        self._key = await self._create(self._age())
         self._stored = True
         self._reset_changes()
         self.modified = True
+        await self._emit("created")
 
     async def flush(self) -> None:
         """End the session: delete its stored data, empty the mapping and drop the key.
@@ -456,8 +507,20 @@ class Session(AsyncAccessors):
         Afterwards ``session_key`` is ``None``, and ``modified`` and ``accessed`` are both ``True``; the
         middleware then expires the cookie. Call it on logout.
         """
+        # Not loaded first: a session never read has no known user, and its index entry, if any, is pruned
+        # by the next listing once the session is gone.
+        user_id = self.user_id if self._loaded else None
+        key = self._key
+        handle = self._handle() if self._loaded else None
+        await self._end()
+        if user_id is not None and key is not None:
+            await self._unindex(user_id, key)
+        await self._emit("flushed", handle, user_id)
+
+    async def _end(self) -> None:
         dict.clear(self)
         self._expiry = None
+        self._meta = None
         self._loaded = True
         self._stored = False
         self._reset_changes()
@@ -469,11 +532,139 @@ class Session(AsyncAccessors):
         """Keep the data under a new key and delete the old record; call it on login against fixation."""
         await self._load_if_needed()
         old_key = self._key
-        self._key = await self._create(self.get_expiry_age())
+        await self._rotate()
+        user_id = self.user_id
+        if user_id is not None and old_key is not None:  # the index follows the session to its new key
+            await self._index(user_id)
+            await self._unindex(user_id, old_key)
+        await self._emit("rotated")
+        await self._delete(old_key)
+
+    async def _rotate(self) -> None:
+        """Store the data under a fresh key; the old record is left for the caller to delete."""
+        self._key = await self._create(self._age())
         self._stored = True
         self._reset_changes()
         self.modified = True
-        await self._delete(old_key)
+
+    # -- users (asession/users.py) ------------------------------------------------------------------
+
+    @property
+    def user_id(self) -> str | None:
+        """The id of the user :meth:`login` bound this session to (``"_auth_user_id"``), or ``None``."""
+        if not self._loaded:
+            self._check()
+        value = dict.get(self, users.USER_ID_KEY)
+        return value if isinstance(value, str) and value else None
+
+    async def login(self, user_id: str | int) -> None:
+        """Sign ``user_id`` in: a new key (against fixation), the user bound, the absolute timeout restarted.
+
+        Like Django's ``login()``: the data is kept when the same user (or nobody) was signed in, and
+        dropped when another user was. The session is recorded in the backend's per-user index with the
+        request's user agent, so :meth:`SessionBackend.user_sessions` lists it and
+        :meth:`revoke_other_sessions` can end the others. Raises ``ValueError`` for a user id that is empty,
+        longer than 256 characters, or neither a ``str`` nor an ``int`` (an ``int`` is stored as its string).
+        """
+        user_id = users.check_user_id(user_id)
+        await self._load_if_needed()
+        old_key, old_user = self._key, self.user_id
+        if old_user is not None and old_user != user_id:
+            dict.clear(self)
+            self._expiry = None
+        dict.__setitem__(self, users.USER_ID_KEY, user_id)
+        self.accessed = True
+        self._meta = users.new_meta(expiry.timestamp(), self._request_user_agent())
+        await self._rotate()
+        await self._index(user_id)
+        if old_key is not None:
+            if old_user is not None:
+                await self._unindex(old_user, old_key)
+            await self._delete(old_key)
+        await self._emit("login")
+
+    def _request_user_agent(self) -> str | None:
+        for name, value in self._headers or ():
+            if name == b"user-agent":
+                return value.decode("latin-1")
+        return None
+
+    async def logout(self) -> None:
+        """Sign out: end the session (as :meth:`flush`) and drop it from its user's index."""
+        await self._load_if_needed()
+        user_id, key = self.user_id, self._key
+        handle = self._handle()
+        await self._end()
+        if user_id is not None and key is not None:
+            await self._unindex(user_id, key)
+        await self._emit("logout", handle, user_id)
+
+    async def revoke_other_sessions(self) -> int:
+        """End every other session of this session's user ("sign out my other devices"); return how many.
+
+        0 when no user is signed in. Raises ``NotImplementedError`` on a backend without an index.
+        """
+        await self._load_if_needed()
+        user_id = self.user_id
+        if user_id is None:
+            return 0
+        key = self.session_key
+        backend = self._backend
+        ended = await bounded(
+            backend.revoke_user_sessions(user_id, except_key=key), self._config.store_timeout, backend
+        )
+        if ended:
+            await self._emit("revoked")
+        return ended
+
+    async def _index(self, user_id: str) -> None:
+        backend = self._backend
+        if backend.indexes and self._key is not None:
+            await bounded(backend._index_session(user_id, self._key), self._config.store_timeout, backend)
+
+    async def _unindex(self, user_id: str, key: ValidKey) -> None:
+        backend = self._backend
+        if backend.indexes:
+            await bounded(backend._unindex_session(user_id, key), self._config.store_timeout, backend)
+
+    def _handle(self) -> str | None:
+        """This session's public handle (:attr:`SessionInfo.id <asession.users.SessionInfo.id>`), if it has a key."""
+        key = self._key
+        return None if key is None else self._backend.handle(key, dict.get(self, users.USER_ID_KEY))
+
+    async def _emit(self, kind: str, handle: str | None = None, user_id: str | None = None) -> None:
+        listener = self._listener
+        if listener is not None:
+            if handle is None and user_id is None:
+                handle, user_id = self._handle(), self.user_id
+            await listener(kind, handle, user_id)
+
+    # -- idle timeout: touching a session that a request only read ----------------------------------
+
+    def needs_touch(self) -> bool:
+        """Whether this stored session, which the request did not change, should have its idle expiry
+        refreshed now: ``idle_timeout`` is set and ``touch_interval`` has passed since the last save or touch."""
+        interval = self._config.effective_touch_interval
+        if interval is None or not self._stored or self._key is None:
+            return False
+        meta = self._meta
+        seen = None if meta is None else meta.get("seen")
+        return not isinstance(seen, (int, float)) or expiry.timestamp() - seen >= interval
+
+    async def touch(self) -> None:
+        """Refresh the idle expiry in the store and record the activity, without saving the data.
+
+        Merges only the session's metadata (:data:`asession.users.META_KEY`) into the stored session, with
+        the new expiry. Raises :class:`~asession.exceptions.UpdateError` when the session is no longer stored.
+        """
+        key = self._key
+        if key is None or not self._stored:
+            raise SessionError("Only a stored session can be touched.")
+        age = self._age()
+        backend = self._backend
+        meta = self._meta
+        assert meta is not None  # _age() makes it: touches happen only with an idle timeout
+        await bounded(backend.apply(key, Changes({users.META_KEY: meta}), age), self._config.store_timeout, backend)
 
     async def _create(self, age: int) -> ValidKey:
         """Store the data under a fresh unique key (the backend's ``create()``) and return that key."""
@@ -523,4 +714,9 @@ class Session(AsyncAccessors):
         """
         if expiry.expires_at_browser_close(self._expiry, self._config.expire_at_browser_close):
             return None
+        meta = self._meta
+        expires = None if meta is None else meta.get("expires")
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+            # The store's expiry, capped by the idle and absolute timeouts: the cookie ends with the session.
+            return max(int(expires - expiry.timestamp()), 0), int(expires)
         return expiry.cookie_lifetime(self._expiry, self._config.max_age)

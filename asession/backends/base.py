@@ -14,9 +14,9 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from asession import keys, serializers
+from asession import keys, serializers, users
 from asession.changes import Changes
 from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError, UpdateError
 
@@ -33,6 +33,7 @@ __all__ = ["DEFAULT_MAX_SIZE", "BackendState", "SessionBackend"]
 #: The largest serialized session a backend stores or loads, in bytes (1 MiB).
 DEFAULT_MAX_SIZE = 1024 * 1024
 _CREATE_ATTEMPTS = 10
+T = TypeVar("T")
 
 security_logger = logging.getLogger("asession.security")
 
@@ -72,6 +73,9 @@ class SessionBackend(ABC):
     #: ever waiting (memory, signed cookies): they have nothing for ``store_timeout`` to bound, and skip the
     #: watchdog on every request. A subclass of those whose calls do wait must set it back to ``True``.
     waits: bool = True
+    #: The backend keeps a per-user index of sessions (``user_sessions``, revocation). ``False`` for stores
+    #: whose data travels in the cookie, which the server can neither list nor end.
+    indexes: ClassVar[bool] = True
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
@@ -341,6 +345,71 @@ class SessionBackend(ABC):
             raise
         except Exception as exc:
             raise self._unavailable("delete a session", exc) from exc
+
+    # -- users: the per-user index (asession/users.py) ------------------------------------------------
+
+    def _check_indexes(self) -> None:
+        self._check_open()
+        if not self.indexes:
+            raise NotImplementedError(
+                f"{type(self).__name__} keeps no per-user index: its sessions live in the visitors' cookies, so "
+                "the server cannot list or end them. Use a server-side backend for login tracking and revocation."
+            )
+
+    async def user_sessions(self, user_id: str | int) -> list[users.SessionInfo]:
+        """The live sessions of ``user_id`` (bound by :meth:`Session.login`), newest first.
+
+        Costs one read of the user's index and one per session of that user, whatever the size of the
+        store; entries of sessions that ended are pruned on the way. Raises ``ValueError`` for an invalid
+        user id, ``NotImplementedError`` on a backend without an index (signed cookies).
+        """
+        user = users.check_user_id(user_id)
+        self._check_indexes()
+        return await self._users_call("list a user's sessions", users.sessions(self, user))
+
+    async def revoke_user_sessions(self, user_id: str | int, *, except_key: str | None = None) -> int:
+        """End every session of ``user_id`` (but the one whose key is ``except_key``); return how many ended."""
+        user = users.check_user_id(user_id)
+        self._check_indexes()
+        except_skey = None if except_key is None else self._skey(except_key)
+        return await self._users_call("revoke a user's sessions", users.revoke_user(self, user, except_skey))
+
+    async def revoke_session(self, session_id: str) -> bool:
+        """End the session whose :attr:`SessionInfo.id <asession.users.SessionInfo.id>` is ``session_id``.
+
+        Returns whether a live session was there (``False`` for an unknown or malformed id).
+        """
+        self._check_indexes()
+        return await self._users_call("revoke a session", users.revoke_handle(self, session_id))
+
+    async def _index_session(self, user_id: str, key: str | keys.ValidKey) -> str:
+        """Record the session stored under ``key`` in ``user_id``'s index (login); return its handle."""
+        self._check_indexes()
+        skey = self._skey(key)
+        if skey is None:
+            raise SessionError(f"Refusing to index the malformed key {key!r}.")
+        return await self._users_call("index a session", users.add(self, user_id, skey))
+
+    async def _unindex_session(self, user_id: str, key: str | keys.ValidKey) -> None:
+        """Drop the session stored under ``key`` from ``user_id``'s index (logout)."""
+        skey = self._skey(key)
+        if skey is not None and self.indexes:
+            await self._users_call(
+                "unindex a session", users.remove(self, user_id, [users.session_handle(user_id, skey)])
+            )
+
+    def handle(self, key: str | keys.ValidKey, user_id: str | None = None) -> str | None:
+        """The public handle (:attr:`SessionInfo.id`) of the session under ``key``; ``None`` when malformed."""
+        skey = self._skey(key)
+        return None if skey is None else users.session_handle(user_id, skey)
+
+    async def _users_call(self, action: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except (SessionError, ValueError, TypeError):
+            raise
+        except Exception as exc:
+            raise self._unavailable(action, exc) from exc
 
     async def clear_expired(self) -> int:
         """Remove expired sessions and return how many; 0 for stores that expire entries by themselves."""

@@ -70,6 +70,8 @@ class SignedCookieBackend(SessionBackend):
     #: The payload is the key and is public anyway: there is nothing stored to hide it from.
     hashes_keys: ClassVar[bool] = False
     merges: ClassVar[bool] = False
+    #: The server keeps nothing, so it can neither list a user's sessions nor end one.
+    indexes: ClassVar[bool] = False
     #: Nothing is stored, so nothing waits: ``store_timeout`` has nothing to bound.
     waits = False
 

@@ -1,0 +1,260 @@
+"""Who is signed in: user ids, the per-user index of sessions, and what a listing says of each session.
+
+A session is bound to a user by :meth:`Session.login() <asession.Session.login>`, which stores the user id
+under ``"_auth_user_id"`` (Django's key) and records the session in its backend's per-user index. The
+index is one record per user, kept in the backend itself beside the sessions and written through the
+backend's own atomic merge (:meth:`SessionBackend._update <asession.backends.base.SessionBackend._update>`),
+so it works alike on every server-side store, is consistent under parallel logins of one user, and costs
+a listing as many reads as that user has sessions, whatever the size of the store:
+
+- the record's storage key is ``sha256("asession user index" + NUL + user id)``: the user id is never used
+  unescaped in a key, a path or a query, and the record cannot be loaded as a session (that would take
+  the preimage of a SHA-256);
+- its data maps each session's handle (:attr:`SessionInfo.id`) to the session's storage key;
+- entries whose session has ended (expired, flushed, revoked, rotated) are pruned whenever a listing or a
+  revocation meets them, and never listed;
+- the record itself lives :data:`INDEX_AGE` seconds after its last write (every login, logout, listing
+  that pruned, and revocation writes it), on stores that expire entries by themselves too.
+
+What a listing shows of each session (start, last activity, expiry, user agent) is kept in the session's
+own data under :data:`META_KEY`, which :class:`~asession.Session` keeps out of the mapping the app sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from asession.changes import Changes
+from asession.exceptions import CreateError, UpdateError
+
+if TYPE_CHECKING:
+    from asession.backends.base import SessionBackend
+
+__all__ = [
+    "INDEX_AGE",
+    "MAX_USER_ID_LENGTH",
+    "META_KEY",
+    "USER_ID_KEY",
+    "SessionInfo",
+    "check_user_id",
+    "session_handle",
+]
+
+#: Where the data holds the id of the signed-in user (Django's ``SESSION_KEY``).
+USER_ID_KEY = "_auth_user_id"
+#: Where the data holds what a listing shows and the timeouts need: ``{"started", "seen", "expires",
+#: "agent"}`` (Unix seconds, and the user agent of the login). Not part of the mapping the app sees.
+META_KEY = "_session_meta"
+#: The longest user id :meth:`Session.login` accepts, in characters.
+MAX_USER_ID_LENGTH = 256
+#: The longest user agent recorded at login, in characters.
+MAX_USER_AGENT_LENGTH = 256
+#: Seconds a user's index record lives after its last write: 400 days, the longest cookie lifetime
+#: browsers keep (RFC 6265bis), so no session outlives its index entry unless it is never saved again.
+INDEX_AGE = 400 * 24 * 60 * 60
+_CREATE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One live session of a user, as :meth:`SessionBackend.user_sessions` lists it.
+
+    ``id`` is a stable handle for :meth:`SessionBackend.revoke_session`; it is derived from the session
+    key by a one-way function, so it cannot be turned into the key or used as a cookie. Times are aware
+    UTC datetimes; ``last_seen`` is the last save or touch; ``user_agent`` is the one of the login (cut to
+    256 characters), ``None`` when the request had none.
+    """
+
+    id: str
+    user_id: str
+    created_at: datetime
+    last_seen: datetime
+    expires_at: datetime
+    user_agent: str | None
+
+
+def check_user_id(user_id: object) -> str:
+    """The user id as stored: a non-empty ``str`` of at most 256 characters, or an ``int`` as its string.
+
+    Raises ``ValueError`` for anything else (``bool`` included): an empty id, another type, or a longer one.
+    """
+    if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
+        raise ValueError(f"A user id is a str or an int, not {type(user_id).__name__} {user_id!r}.")
+    text = str(user_id)
+    if not text:
+        raise ValueError("A user id cannot be empty.")
+    if len(text) > MAX_USER_ID_LENGTH:
+        raise ValueError(f"A user id has at most {MAX_USER_ID_LENGTH} characters; this one has {len(text)}.")
+    return text
+
+
+def index_key(user_id: str) -> str:
+    """The storage key of ``user_id``'s index record (64 hex digits, like a session's)."""
+    return hashlib.sha256(b"asession user index\x00" + user_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def session_handle(user_id: str | None, skey: str) -> str:
+    """The public handle of the session stored under ``skey``: ``<user id, base64url>.<32 hex digits>``.
+
+    The digits are a SHA-256 of the storage key (itself a SHA-256 of the key), so the handle says which
+    session it is without giving anything that loads it; the user part lets :meth:`revoke_session` find
+    the index without a global table. Anonymous sessions have an empty user part.
+    """
+    digest = hashlib.sha256(b"asession session id\x00" + skey.encode()).hexdigest()[:32]
+    if not user_id:
+        return f".{digest}"
+    user = base64.urlsafe_b64encode(user_id.encode("utf-8", "surrogatepass")).rstrip(b"=").decode()
+    return f"{user}.{digest}"
+
+
+def user_of_handle(handle: object) -> str | None:
+    """The user id a handle names, or ``None`` when ``handle`` is not one."""
+    if not isinstance(handle, str) or handle.count(".") != 1 or len(handle) > 2 * MAX_USER_ID_LENGTH + 40:
+        return None
+    user, digest = handle.split(".")
+    if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest) or not user:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(user + "=" * (-len(user) % 4)).decode("utf-8", "surrogatepass")
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        return check_user_id(text)
+    except ValueError:
+        return None
+
+
+def new_meta(now: float, user_agent: str | None = None) -> dict[str, Any]:
+    """The metadata of a session started (created or logged in) at ``now``."""
+    moment = round(now, 3)  # milliseconds: two logins within a second still list in order
+    meta: dict[str, Any] = {"started": moment, "seen": moment}
+    if user_agent:
+        meta["agent"] = user_agent[:MAX_USER_AGENT_LENGTH]
+    return meta
+
+
+def parse_meta(value: object) -> dict[str, Any] | None:
+    """Stored metadata checked: a dict whose times are numbers; ``None`` when it is not."""
+    if not isinstance(value, dict):
+        return None
+    for name in ("started", "seen", "expires"):
+        item = value.get(name)
+        if item is not None and (isinstance(item, bool) or not isinstance(item, (int, float))):
+            return None
+    agent = value.get("agent")
+    if agent is not None and not isinstance(agent, str):
+        return None
+    return value
+
+
+def _moment(seconds: object, default: float) -> datetime:
+    value = seconds if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else default
+    return datetime.fromtimestamp(value, timezone.utc)
+
+
+# -- the index, on any backend that merges -----------------------------------------------------------------
+
+
+async def _entries(backend: SessionBackend, ikey: str) -> dict[str, str]:
+    raw = await backend._load(ikey)
+    data = None if raw is None else backend._decode(raw)
+    if not data:
+        return {}
+    return {handle: skey for handle, skey in data.items() if isinstance(skey, str)}
+
+
+async def add(backend: SessionBackend, user_id: str, skey: str) -> str:
+    """Record the session stored under ``skey`` in ``user_id``'s index; return its handle."""
+    handle = session_handle(user_id, skey)
+    ikey = index_key(user_id)
+    changes = Changes({handle: skey})
+    for _ in range(_CREATE_ATTEMPTS):
+        try:
+            await backend._update(ikey, changes, INDEX_AGE)
+            return handle
+        except UpdateError:
+            pass  # no index yet (or it ended): create it, unless a parallel login just did
+        try:
+            await backend._save(ikey, backend._encode({handle: skey}), INDEX_AGE, True)
+            return handle
+        except CreateError:
+            continue
+    raise UpdateError(f"{backend!r} could not record a session in the index of user {user_id!r}.")
+
+
+async def remove(backend: SessionBackend, user_id: str, handles: list[str]) -> None:
+    """Drop ``handles`` from ``user_id``'s index (no error when the index or an entry is missing)."""
+    if not handles:
+        return
+    try:
+        await backend._update(index_key(user_id), Changes({}, frozenset(handles)), INDEX_AGE)
+    except UpdateError:
+        pass
+
+
+async def _session_data(backend: SessionBackend, skey: str, user_id: str) -> dict[str, Any] | None:
+    """The live session under ``skey`` if it is still ``user_id``'s, else ``None``."""
+    raw = await backend._load(skey)
+    data = None if raw is None else backend._decode(raw)
+    if data is None or data.get(USER_ID_KEY) != user_id:
+        return None
+    return data
+
+
+async def sessions(backend: SessionBackend, user_id: str) -> list[SessionInfo]:
+    """``user_id``'s live sessions, newest first; entries of ended sessions are pruned."""
+    entries = await _entries(backend, index_key(user_id))
+    found: list[SessionInfo] = []
+    dead: list[str] = []
+    for handle, skey in entries.items():
+        data = await _session_data(backend, skey, user_id)
+        if data is None:
+            dead.append(handle)
+            continue
+        meta = parse_meta(data.get(META_KEY)) or {}
+        started = _moment(meta.get("started"), 0)
+        seen = _moment(meta.get("seen"), started.timestamp())
+        expires = _moment(meta.get("expires"), seen.timestamp())
+        agent = meta.get("agent")
+        found.append(SessionInfo(handle, user_id, started, seen, expires, agent if isinstance(agent, str) else None))
+    await remove(backend, user_id, dead)
+    found.sort(key=lambda info: (info.created_at, info.last_seen), reverse=True)
+    return found
+
+
+async def revoke_user(backend: SessionBackend, user_id: str, except_skey: str | None) -> int:
+    """End every live session of ``user_id`` but the one under ``except_skey``; return how many ended."""
+    entries = await _entries(backend, index_key(user_id))
+    ended = 0
+    dropped: list[str] = []
+    for handle, skey in entries.items():
+        if skey == except_skey:
+            continue
+        if await _session_data(backend, skey, user_id) is not None:
+            await backend._delete(skey)
+            ended += 1
+        dropped.append(handle)
+    await remove(backend, user_id, dropped)
+    return ended
+
+
+async def revoke_handle(backend: SessionBackend, handle: object) -> bool:
+    """End the session whose :attr:`SessionInfo.id` is ``handle``; whether a live one was there."""
+    user_id = user_of_handle(handle)
+    if user_id is None:
+        return False
+    assert isinstance(handle, str)
+    entries = await _entries(backend, index_key(user_id))
+    skey = entries.get(handle)
+    if skey is None:
+        return False
+    live = await _session_data(backend, skey, user_id) is not None
+    if live:
+        await backend._delete(skey)
+    await remove(backend, user_id, [handle])
+    return live
