@@ -67,6 +67,24 @@ async def logout(request: Request) -> Response:
     return _state(request)
 
 
+async def signin(request: Request) -> Response:
+    """``Session.login()`` of the user in the body: the per-user index records the session."""
+    await _session(request).login((await request.json())["user"])
+    return _state(request)
+
+
+async def devices(request: Request) -> Response:
+    """The per-user index as this process sees it: the sessions of ``?user=``."""
+    infos = await _session(request).backend.user_sessions(request.query_params["user"])
+    return JSONResponse([{"id": info.id, "user_agent": info.user_agent} for info in infos])
+
+
+async def revoke(request: Request) -> Response:
+    """End one session by its SessionInfo id; answers whether it was live."""
+    ended = await _session(request).backend.revoke_session((await request.json())["id"])
+    return JSONResponse({"ended": ended})
+
+
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
@@ -79,6 +97,9 @@ def create_app() -> Starlette:
         Route("/session", update, methods=["POST"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/signin", signin, methods=["POST"]),
+        Route("/devices", devices),
+        Route("/revoke", revoke, methods=["POST"]),
         Route("/healthz", healthz),
     ]
     return Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, backend=backend)])

@@ -114,3 +114,26 @@ def test_writes_racing_a_logout_in_the_other_process_never_restore_it(
     statuses, after = asyncio.run(run())
     assert set(statuses) <= {200, 400}
     assert (after["key"], after["data"]) == (None, {})
+
+
+def test_login_through_one_process_is_listed_and_revoked_through_the_other(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """The per-user index lives in the shared store: what one worker records, the other lists and ends."""
+    first, second = servers
+    with (
+        httpx.Client(timeout=10, headers={"user-agent": "Device/A"}) as device_a,
+        httpx.Client(timeout=10, headers={"user-agent": "Device/B"}) as device_b,
+    ):
+        device_a.post(f"{first.url}/signin", json={"user": "ada"})
+        device_b.post(f"{second.url}/signin", json={"user": "ada"})
+        listed = device_a.get(f"{second.url}/devices", params={"user": "ada"}).json()
+        assert sorted(item["user_agent"] for item in listed) == ["Device/A", "Device/B"]
+        target = next(item["id"] for item in listed if item["user_agent"] == "Device/B")
+        assert device_a.post(f"{first.url}/revoke", json={"id": target}).json() == {"ended": True}
+        assert device_b.get(f"{first.url}/session").json()["data"] == {}  # signed out, through either worker
+        assert device_b.get(f"{second.url}/session").json()["data"] == {}
+        assert [item["user_agent"] for item in device_a.get(f"{first.url}/devices", params={"user": "ada"}).json()] == [
+            "Device/A"
+        ]
+        assert device_a.get(f"{second.url}/session").json()["data"] == {"_auth_user_id": "ada"}
