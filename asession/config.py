@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from asession.exceptions import ImproperlyConfigured
@@ -97,11 +97,15 @@ class SessionConfig:
                 "or an idle session would end before any request could refresh it."
             )
         self._check_browser_rules()
+        # Read on every request: computed once (a frozen dataclass, hence object.__setattr__).
+        object.__setattr__(self, "_touch_every", self._touch_interval())
+        object.__setattr__(self, "tracks_activity", self.idle_timeout is not None or self.absolute_timeout is not None)
 
-    @property
-    def effective_touch_interval(self) -> int | None:
-        """How often a request that changed nothing refreshes the idle expiry: ``touch_interval``, or by
-        default a tenth of ``idle_timeout`` (at least 1 s); ``None`` without ``idle_timeout``."""
+    #: Whether sessions carry their start and last activity (an idle or absolute timeout is set).
+    tracks_activity: bool = field(init=False, repr=False, compare=False, default=False)
+    _touch_every: int | None = field(init=False, repr=False, compare=False, default=None)
+
+    def _touch_interval(self) -> int | None:
         if self.idle_timeout is None:
             return None
         if self.touch_interval is not None:
@@ -109,9 +113,10 @@ class SessionConfig:
         return max(1, self.idle_timeout // 10)
 
     @property
-    def tracks_activity(self) -> bool:
-        """Whether sessions carry their start and last activity (an idle or absolute timeout is set)."""
-        return self.idle_timeout is not None or self.absolute_timeout is not None
+    def effective_touch_interval(self) -> int | None:
+        """How often a request that changed nothing refreshes the idle expiry: ``touch_interval``, or by
+        default a tenth of ``idle_timeout`` (at least 1 s); ``None`` without ``idle_timeout``."""
+        return self._touch_every
 
     def _check_browser_rules(self) -> None:
         name = self.cookie_name

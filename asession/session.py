@@ -8,7 +8,7 @@ The mapping is read and written without ``await`` once :meth:`Session.load` has 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from asession import expiry, serializers, users
@@ -81,7 +81,8 @@ class Session(AsyncAccessors):
         self._removed: set[str] | None = None
         self._snapshots: dict[str, str] | None = None
         #: Start, last activity, expiry and user agent (asession.users.META_KEY), kept beside the mapping.
-        self._meta: dict[str, Any] | None = None
+        # As loaded (the stored string, decoded on first use) or as changed (a list): see _meta_list().
+        self._meta: str | list[Any] | None = None
         #: Set by the middleware when someone listens to session events.
         self._listener: Dispatch | None = None
         #: The request's ASGI headers, set by the middleware: login() records the User-Agent.
@@ -352,9 +353,17 @@ class Session(AsyncAccessors):
         data = dict(dict.items(self))
         if self._expiry is not None:
             data[expiry.EXPIRY_KEY] = self._expiry
-        if self._meta is not None:
-            data[users.META_KEY] = self._meta
+        meta = self._meta
+        if meta is not None:
+            data[users.META_KEY] = meta if type(meta) is str else users.encode_meta(meta)  # type: ignore[arg-type]
         return data
+
+    def _meta_list(self) -> list[Any] | None:
+        """The metadata as a list, decoded from its stored string on first use (``None`` when malformed)."""
+        meta = self._meta
+        if type(meta) is str:
+            meta = self._meta = users.decode_meta(meta)
+        return meta  # type: ignore[return-value]  # a list or None now
 
     async def load(self) -> None:
         """Read the session from the backend once; a no-op for a new or already loaded session.
@@ -376,8 +385,8 @@ class Session(AsyncAccessors):
             if stored_expiry is not None:
                 self._expiry = expiry.parse_stored(stored_expiry)
             meta = data.pop(users.META_KEY, None)
-            if meta is not None:
-                self._meta = users.parse_meta(meta)
+            if type(meta) is str:  # decoded when first needed (_meta_list): this runs on every load
+                self._meta = meta
             dict.update(self, data)
             self._stored = True
         self._loaded = True
@@ -403,8 +412,9 @@ class Session(AsyncAccessors):
             await bounded(backend.save(key, self._snapshot(), age, must_create=True), config.store_timeout, backend)
         elif key is not None and self._stored and backend.merges:
             changes = self._changes()
-            if self._meta is not None:
-                changes.changed[users.META_KEY] = self._meta  # type: ignore[index]  # built here: a dict
+            meta = self._meta_list()
+            if meta is not None:
+                changes.changed[users.META_KEY] = users.encode_meta(meta)  # type: ignore[index]  # built here: a dict
             call = backend.apply(key, changes, age)
             await (bounded(call, config.store_timeout, backend) if backend.waits else call)
         else:
@@ -420,15 +430,15 @@ class Session(AsyncAccessors):
         """Seconds the store keeps the session from now: Django's expiry, capped by the idle and absolute
         timeouts; also records the activity in the metadata of sessions that carry it."""
         config = self._config
-        meta = self._meta
+        meta = self._meta_list() if self._meta is not None else None
         if meta is None:
             if not (config.tracks_activity or dict.__contains__(self, users.USER_ID_KEY)):
                 return expiry.age(self._expiry, config.max_age)  # the usual session: Django's rule alone
             meta = self._meta = users.new_meta(expiry.timestamp())
         now = expiry.timestamp()
         age = self._capped_age(now)
-        meta["seen"] = round(now, 3)
-        meta["expires"] = int(now) + age
+        meta[users.SEEN] = int(now * 1000)
+        meta[users.EXPIRES] = int(now) + age
         return age
 
     def _capped_age(self, now: float) -> int:
@@ -438,8 +448,8 @@ class Session(AsyncAccessors):
         if config.idle_timeout is not None:
             age = min(age, config.idle_timeout)
         if config.absolute_timeout is not None:
-            started = None if self._meta is None else self._meta.get("started")
-            start = started if isinstance(started, (int, float)) else now
+            started = users.meta_seconds(self._meta_list(), users.STARTED)
+            start = now if started is None else started
             age = min(age, int(start + config.absolute_timeout - now))
         return age
 
@@ -644,12 +654,20 @@ class Session(AsyncAccessors):
     def needs_touch(self) -> bool:
         """Whether this stored session, which the request did not change, should have its idle expiry
         refreshed now: ``idle_timeout`` is set and ``touch_interval`` has passed since the last save or touch."""
-        interval = self._config.effective_touch_interval
-        if interval is None or not self._stored or self._key is None:
+        interval = self._config._touch_every
+        if interval is None or not self._stored:
             return False
         meta = self._meta
-        seen = None if meta is None else meta.get("seen")
-        return not isinstance(seen, (int, float)) or expiry.timestamp() - seen >= interval
+        if type(meta) is str:  # as loaded: the last activity is its first field (users.encode_meta)
+            try:
+                seen = int(meta[: meta.index(" ")])
+            except ValueError:
+                return True  # unreadable: touching rewrites it
+        elif type(meta) is list and type(meta[users.SEEN]) is int:
+            seen = meta[users.SEEN]
+        else:
+            return True
+        return expiry.timestamp() * 1000 - seen >= interval * 1000
 
     async def touch(self) -> None:
         """Refresh the idle expiry in the store and record the activity, without saving the data.
@@ -662,9 +680,10 @@ class Session(AsyncAccessors):
             raise SessionError("Only a stored session can be touched.")
         age = self._age()
         backend = self._backend
-        meta = self._meta
+        meta = self._meta_list()
         assert meta is not None  # _age() makes it: touches happen only with an idle timeout
-        await bounded(backend.apply(key, Changes({users.META_KEY: meta}), age), self._config.store_timeout, backend)
+        changes = Changes({users.META_KEY: users.encode_meta(meta)})
+        await bounded(backend.apply(key, changes, age), self._config.store_timeout, backend)
 
     async def _create(self, age: int) -> ValidKey:
         """Store the data under a fresh unique key (the backend's ``create()``) and return that key."""
@@ -693,13 +712,23 @@ class Session(AsyncAccessors):
         self.modified = True
 
     def get_expiry_age(self, modification: datetime | None = None) -> int:
-        """Seconds from ``modification`` (default now) until the session expires."""
+        """Seconds from ``modification`` (default now) until the session expires.
+
+        Django's rule (``set_expiry`` or ``max_age``), capped by ``idle_timeout`` and by what is left of
+        ``absolute_timeout`` when those are set, as the store will keep it if saved now.
+        """
         self._check()
+        if self._config.tracks_activity:
+            moment = modification or expiry.now()
+            return self._capped_age(moment.timestamp())
         return expiry.age(self._expiry, self._config.max_age, modification)
 
     def get_expiry_date(self, modification: datetime | None = None) -> datetime:
-        """The aware UTC datetime at which the session expires."""
+        """The aware UTC datetime at which the session expires (with the timeouts, as :meth:`get_expiry_age`)."""
         self._check()
+        if self._config.tracks_activity:
+            moment = modification or expiry.now()
+            return moment + timedelta(seconds=self._capped_age(moment.timestamp()))
         return expiry.date(self._expiry, self._config.max_age, modification)
 
     def get_expire_at_browser_close(self) -> bool:
@@ -714,9 +743,8 @@ class Session(AsyncAccessors):
         """
         if expiry.expires_at_browser_close(self._expiry, self._config.expire_at_browser_close):
             return None
-        meta = self._meta
-        expires = None if meta is None else meta.get("expires")
-        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+        expires = users.meta_seconds(self._meta_list(), users.EXPIRES)
+        if expires is not None:
             # The store's expiry, capped by the idle and absolute timeouts: the cookie ends with the session.
             return max(int(expires - expiry.timestamp()), 0), int(expires)
         return expiry.cookie_lifetime(self._expiry, self._config.max_age)

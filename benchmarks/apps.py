@@ -248,13 +248,17 @@ def _burn(microseconds: float) -> Callable[[], list[Middleware]]:
     return build
 
 
-def _asession(make_backend: Callable[[], Any]) -> Callable[[], list[Middleware]]:
+def _asession(make_backend: Callable[[], Any], **config: Any) -> Callable[[], list[Middleware]]:
     def build() -> list[Middleware]:
-        from asession import SessionMiddleware
+        from asession import SessionConfig, SessionMiddleware
 
-        return [Middleware(SessionMiddleware, backend=make_backend())]
+        return [Middleware(SessionMiddleware, backend=make_backend(), config=SessionConfig(**config))]
 
     return build
+
+
+#: The demo's timeouts: 30 minutes idle, 12 hours absolute (the ``*-idle`` variants).
+IDLE_TIMEOUTS = {"idle_timeout": 30 * 60, "absolute_timeout": 12 * 60 * 60}
 
 
 def _from_url(url: str) -> Any:
@@ -362,6 +366,21 @@ VARIANTS: dict[str, Variant] = {
             "asession-cache-memory", "asession CacheBackend (aiocache memory)", "asession", _asession(_cache_memory)
         ),
         Variant("asession-redis", "asession CacheBackend (Redis)", "asession", _asession(_redis), ("redis",)),
+        Variant(
+            "asession-memory-idle",
+            "asession MemoryBackend, 30 min idle and 12 h absolute timeouts",
+            "asession",
+            _asession(_memory, **IDLE_TIMEOUTS),
+            default=False,
+        ),
+        Variant(
+            "asession-redis-idle",
+            "asession CacheBackend (Redis), 30 min idle and 12 h absolute timeouts",
+            "asession",
+            _asession(_redis, **IDLE_TIMEOUTS),
+            ("redis",),
+            default=False,
+        ),
         Variant(
             "asession-memcached", "asession CacheBackend (memcached)", "asession", _asession(_memcached), ("memcached",)
         ),

@@ -91,6 +91,21 @@ def demo(tmp_path: Path) -> Iterator[ServerProcess]:
         server.close()
 
 
+#: Device B's browser: another user agent, so that device A's card tells the two apart.
+FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+@pytest.fixture
+async def other_context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    """A second browser profile (its own cookies): another device of the same user."""
+    context = await browser.new_context(user_agent=FIREFOX)
+    context.set_default_timeout(10_000)
+    try:
+        yield context
+    finally:
+        await context.close()
+
+
 async def _session_cookies(context: BrowserContext) -> list[dict[str, object]]:
     return [dict(cookie) for cookie in await context.cookies() if cookie.get("name") == "session"]
 
@@ -156,3 +171,58 @@ async def test_demo_sign_out_clears_cookie(context: BrowserContext, demo: Server
     await expect(page.locator("#no-session")).to_be_visible()
     await expect(page.locator("#name")).to_be_visible()
     assert await _session_cookies(context) == []
+
+
+async def test_demo_sign_out_other_device(
+    context: BrowserContext, other_context: BrowserContext, demo: ServerProcess
+) -> None:
+    """Two browsers signed in as one user see each other in "Your devices"; device A signs device B out from
+    its card, and B's next reload shows it signed out."""
+    from playwright.async_api import expect
+
+    device_a = await context.new_page()
+    device_b = await other_context.new_page()
+    await _sign_in(device_a, demo.url, "Ada")
+    await _sign_in(device_b, demo.url, "Ada")
+
+    await device_a.reload()
+    rows = device_a.locator("#devices tr.device")
+    await expect(rows).to_have_count(2)
+    this_device = device_a.locator("#devices tr.device.current")
+    await expect(this_device).to_have_count(1)
+    await expect(this_device).to_contain_text("this device")
+    await expect(this_device).to_contain_text("Headless Chrome")
+    other = device_a.locator("#devices tr.device:not(.current)")
+    await expect(other).to_contain_text("Firefox 128 on Windows")
+    await expect(device_a.locator("#timeouts")).to_have_text(
+        "Signs out after 30 min without activity, and 12 h after sign-in at the latest."
+    )
+
+    await other.locator("button.sign-out-device").click()
+    await expect(device_a.locator("#notice")).to_have_text("Signed out 1 device.")
+    await expect(rows).to_have_count(1)
+    await expect(device_a.locator("#user")).to_have_text("Ada")
+
+    await device_b.reload()
+    await expect(device_b.locator("#no-session")).to_be_visible()
+    await expect(device_b.locator("#name")).to_be_visible()
+    await expect(device_b.locator("#user")).to_have_count(0)
+    await device_a.reload()
+    await expect(device_a.locator("#user")).to_have_text("Ada")
+
+
+async def test_demo_sign_out_all_other_devices(
+    context: BrowserContext, other_context: BrowserContext, demo: ServerProcess
+) -> None:
+    """The "Sign out other devices" button on device A ends device B's session and keeps A's."""
+    from playwright.async_api import expect
+
+    device_a = await context.new_page()
+    device_b = await other_context.new_page()
+    await _sign_in(device_b, demo.url, "Ada")
+    await _sign_in(device_a, demo.url, "Ada")
+    await device_a.click("#sign-out-others")
+    await expect(device_a.locator("#notice")).to_have_text("Signed out 1 other device.")
+    await expect(device_a.locator("#no-other-devices")).to_be_visible()
+    await device_b.reload()
+    await expect(device_b.locator("#no-session")).to_be_visible()

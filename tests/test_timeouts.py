@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -313,3 +314,14 @@ async def test_a_failing_listener_is_logged_and_ignored(caplog: pytest.LogCaptur
             response = await client.get("/login", params={"user": "alice"})
     assert response.status_code == 200 and response.text == "in"
     assert "listener bug" in caplog.text and "failed" in caplog.text
+
+
+async def test_expiry_age_and_date_include_the_timeouts(memory_backend: SessionBackend, clock: Clock) -> None:
+    session = Session(memory_backend, None, SessionConfig(idle_timeout=1800, absolute_timeout=3600))
+    await session.login("alice")
+    assert session.get_expiry_age() == 1800
+    clock.advance(3000)
+    assert session.get_expiry_age() == 600  # the absolute timeout comes first now
+    assert session.get_expiry_date() == clock.current + timedelta(seconds=600)
+    plain = Session(memory_backend)
+    assert plain.get_expiry_age() == SessionConfig().max_age  # no timeouts: Django's rule alone

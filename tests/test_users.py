@@ -129,6 +129,14 @@ async def test_revoke_user_sessions_ends_all_or_all_but_one(server_backend: Sess
     assert await server_backend.load(other.session_key) is not None  # type: ignore[arg-type]  # bob keeps his
 
 
+async def test_a_malformed_except_key_revokes_nothing(server_backend: SessionBackend) -> None:
+    session = await _logged_in(server_backend, "alice")
+    handle = server_backend.handle(session.session_key, "alice")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="except_key"):
+        await server_backend.revoke_user_sessions("alice", except_key=handle)  # an id, not a key
+    assert len(await server_backend.user_sessions("alice")) == 1
+
+
 async def test_revoke_other_sessions_from_the_session(server_backend: SessionBackend) -> None:
     here = await _logged_in(server_backend, "alice")
     there = await _logged_in(server_backend, "alice")
@@ -243,7 +251,10 @@ async def test_login_refuses_bad_user_ids(server_backend: SessionBackend, user: 
         await server_backend.user_sessions(user)
 
 
-@pytest.mark.parametrize("user", ["../x", "*", "%", "a\x00b", "ü ✓", "x" * 256, "a/b\\c", "'; DROP TABLE x; --"])
+@pytest.mark.parametrize(
+    "user",
+    ["../x", "*", "%", "a\x00b", "ü ✓", "x" * 256, "é" * 200, "\U0001f600" * 256, "a/b\\c", "'; DROP TABLE x; --"],
+)
 async def test_odd_user_ids_are_stored_safely(server_backend: SessionBackend, user: str, tmp_path: Path) -> None:
     session = await _logged_in(server_backend, user)
     bystander = await _logged_in(server_backend, "bystander")

@@ -372,6 +372,9 @@ class SessionBackend(ABC):
         user = users.check_user_id(user_id)
         self._check_indexes()
         except_skey = None if except_key is None else self._skey(except_key)
+        if except_key is not None and except_skey is None:
+            # Not silently "no exception": that would end the very session the caller meant to keep.
+            raise ValueError(f"except_key {except_key!r} is not a session key of this backend; nothing was revoked.")
         return await self._users_call("revoke a user's sessions", users.revoke_user(self, user, except_skey))
 
     async def revoke_session(self, session_id: str) -> bool:
