@@ -241,7 +241,7 @@ async def test_parallel_logins_of_one_user_are_all_indexed(server_backend: Sessi
 # -- bad input -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("user", ["", True, False, 1.5, None, b"bytes", ["x"], "x" * 257])
+@pytest.mark.parametrize("user", ["", True, False, 1.5, None, b"bytes", ["x"], "x" * 257, "x" * 10240])
 async def test_login_refuses_bad_user_ids(server_backend: SessionBackend, user: Any) -> None:
     session = _session(server_backend)
     with pytest.raises(ValueError):
