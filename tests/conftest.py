@@ -25,6 +25,7 @@ SERVER_SIDE = [
     pytest.param("cache_memory_backend", id="cache-memory"),
     pytest.param("cached_db_backend", id="cached-db"),
     pytest.param("postgres_backend", id="postgres", marks=pytest.mark.postgres),
+    pytest.param("pgbouncer_backend", id="pgbouncer", marks=pytest.mark.postgres),
     pytest.param("redis_backend", id="redis", marks=pytest.mark.redis),
     pytest.param("memcached_backend", id="memcached", marks=pytest.mark.memcached),
 ]
@@ -146,6 +147,25 @@ async def postgres_backend(postgres_url: str) -> AsyncIterator[SessionBackend]:
     from tests.servers import clean_postgres
 
     async with backend_from_url(postgres_url) as backend:
+        yield backend
+    await clean_postgres(postgres_url)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url(postgres_url: str) -> Iterator[str]:
+    """PgBouncer in transaction pooling mode in front of the test PostgreSQL, for the whole test session."""
+    from tests.servers import running_pgbouncer
+
+    with running_pgbouncer(postgres_url) as bouncer:
+        yield bouncer.url
+
+
+@pytest.fixture
+async def pgbouncer_backend(pgbouncer_url: str, postgres_url: str) -> AsyncIterator[SessionBackend]:
+    """DatabaseBackend through PgBouncer, without named prepared statements (``?statement_cache_size=0``)."""
+    from tests.servers import clean_postgres
+
+    async with backend_from_url(f"{pgbouncer_url}?statement_cache_size=0") as backend:
         yield backend
     await clean_postgres(postgres_url)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -152,3 +153,92 @@ def running_redis(directory: Path, *extra: str) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
+
+
+# -- PgBouncer in front of the test PostgreSQL ---------------------------------------------------------------
+
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+class PgBouncer:
+    """Debian's ``pgbouncer`` in transaction pooling mode on a free 127.0.0.1 port, in front of ``postgres_url``.
+
+    Transaction pooling hands each transaction whatever server connection is free, so nothing that lives
+    on a connection between transactions (named prepared statements, session ``SET``, advisory locks held
+    past a transaction) may be relied on: what asession's PostgreSQL backend must cope with behind it.
+    PgBouncer refuses to run as root, so as root it is started as the ``postgres`` user, on a directory
+    that user can read.
+    """
+
+    def __init__(self, postgres_url: str) -> None:
+        parts = urlsplit(postgres_url)
+        self.database = parts.path.lstrip("/") or "postgres"
+        self.user = parts.username or "postgres"
+        self.server = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="asession-pgbouncer-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    def start(self) -> None:
+        import socket
+        import time
+
+        host, port = self.server
+        (self.directory / "userlist.txt").write_text(f'"{self.user}" ""\n')
+        (self.directory / "pgbouncer.ini").write_text(
+            f"[databases]\n{self.database} = host={host} port={port} dbname={self.database}\n\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.directory / 'userlist.txt'}\n"
+            "pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 20\n"
+            f"logfile = {self.directory / 'pgbouncer.log'}\npidfile = {self.directory / 'pgbouncer.pid'}\n"
+        )
+        command = [PGBOUNCER, str(self.directory / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            import shutil
+
+            os.chmod(self.directory, 0o755)
+            for path in [self.directory, *self.directory.iterdir()]:
+                shutil.chown(path, "postgres", "postgres")
+            command[1:1] = ["-u", "postgres"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        log = self.directory / "pgbouncer.log"
+        details = log.read_text()[-2000:] if log.exists() else "no log"
+        self.stop()
+        raise RuntimeError(f"pgbouncer did not start on port {self.port}: {details}")
+
+    def stop(self) -> None:
+        import shutil
+
+        process, self.process = self.process, None
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_pgbouncer(postgres_url: str) -> Iterator[PgBouncer]:
+    """A started :class:`PgBouncer` (skipping, or failing under ``CI=true``, without pgbouncer), always stopped."""
+    require_executable(PGBOUNCER, PGBOUNCER)
+    bouncer = PgBouncer(postgres_url)
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()

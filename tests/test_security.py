@@ -130,7 +130,7 @@ async def dump_store(request: pytest.FixtureRequest, backend: SessionBackend) ->
     if name == "file_backend":
         session_dir: Path = request.getfixturevalue("session_dir")
         parts.append(read_directory(session_dir))
-    if name == "postgres_backend":
+    if name in ("postgres_backend", "pgbouncer_backend"):
         import asyncpg
 
         connection = await asyncpg.connect(request.getfixturevalue("postgres_url"))

@@ -92,6 +92,7 @@ class PostgresDriver(Driver):
         command_timeout: float,
         server_settings: dict[str, str],
         describe: str,
+        statement_cache_size: int | None = None,
     ) -> None:
         self.url = url
         self.table = table
@@ -99,6 +100,9 @@ class PostgresDriver(Driver):
         self.max_size = max_size
         self.command_timeout = command_timeout
         self.server_settings = server_settings
+        #: asyncpg's cache of named prepared statements per connection; 0 behind PgBouncer in transaction
+        #: pooling, where the next transaction may run on a server connection that never prepared them.
+        self.statement_cache_size = statement_cache_size
         self.describe = describe
         self.sql = Statements.build(table, placeholder="$", float_type="DOUBLE PRECISION", row_lock=" FOR UPDATE")
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
@@ -119,6 +123,7 @@ class PostgresDriver(Driver):
                 timeout=CONNECT_TIMEOUT,
                 command_timeout=self.command_timeout,
                 server_settings=self.server_settings or None,
+                statement_cache_size=100 if self.statement_cache_size is None else self.statement_cache_size,
             )
             await self._create_table(pool)
         except BaseException as exc:

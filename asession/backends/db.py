@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from asession import expiry
 from asession.backends._driver import Driver, Statements
@@ -88,6 +88,7 @@ class DatabaseBackend(SessionBackend):
         max_pool_size: int = 10,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        statement_cache_size: int | None = None,
         max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
         super().__init__(max_size=max_size)
@@ -118,7 +119,9 @@ class DatabaseBackend(SessionBackend):
             self.dialect = "postgresql"
             # asyncpg answers a cancellation by talking to the server (cancel request, connection reset).
             self.prompt_cancellation = False
-            self.driver = self._postgres_driver(min_pool_size, max_pool_size, self.command_timeout)
+            self.driver = self._postgres_driver(
+                min_pool_size, max_pool_size, self.command_timeout, statement_cache_size
+            )
         elif scheme in ("", "sqlite"):
             self.dialect = "sqlite"
             self.path = _sqlite_path(self.url) if scheme else self.url
@@ -135,7 +138,9 @@ class DatabaseBackend(SessionBackend):
                 "path, 'sqlite:///sessions.db' or 'postgresql://user@host/db'."
             )
 
-    def _postgres_driver(self, min_pool_size: int, max_pool_size: int, command_timeout: float) -> Driver:
+    def _postgres_driver(
+        self, min_pool_size: int, max_pool_size: int, command_timeout: float, statement_cache_size: int | None
+    ) -> Driver:
         for name, value, low in (("min_pool_size", min_pool_size, 0), ("max_pool_size", max_pool_size, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ImproperlyConfigured(f"{name} must be an int of at least {low}, not {value!r}.")
@@ -151,18 +156,42 @@ class DatabaseBackend(SessionBackend):
                 f"The PostgreSQL URL {hide_password(self.url)!r} is malformed ({exc}). "
                 "Expected e.g. 'postgresql://user:password@host:5432/dbname'."
             ) from exc
+        # ?statement_cache_size=0 (for PgBouncer in transaction pooling mode) is asession's to read: asyncpg
+        # would send an unknown URL option to the server as a setting, which PostgreSQL refuses.
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if "statement_cache_size" in query:
+            if statement_cache_size is not None:
+                raise ImproperlyConfigured("statement_cache_size is given both in the URL and as an argument.")
+            values = query.pop("statement_cache_size")
+            if len(values) != 1 or not values[0].isdigit() or not values[0].isascii():
+                raise ImproperlyConfigured(
+                    f"statement_cache_size in {hide_password(self.url)!r} must be a non-negative integer."
+                )
+            statement_cache_size = int(values[0])
+            url = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+        else:
+            url = self.url
+        if statement_cache_size is not None and (
+            isinstance(statement_cache_size, bool)
+            or not isinstance(statement_cache_size, int)
+            or statement_cache_size < 0
+        ):
+            raise ImproperlyConfigured(
+                f"statement_cache_size must be a non-negative int (0 behind PgBouncer), not {statement_cache_size!r}."
+            )
         require("asyncpg", "DatabaseBackend", "postgres", " for PostgreSQL")
         from asession.backends._postgres import PostgresDriver
 
         # asyncpg lets server_settings override the URL, so name the pool only when the URL does not.
-        settings = {} if "application_name" in parse_qs(parts.query) else {"application_name": "asession"}
+        settings = {} if "application_name" in query else {"application_name": "asession"}
         return PostgresDriver(
-            self.url,
+            url,
             self.table,
             min_size=min_pool_size,
             max_size=max_pool_size,
             command_timeout=command_timeout,
             server_settings=settings,
+            statement_cache_size=statement_cache_size,
             describe=hide_password(self.url),
         )
 
