@@ -27,6 +27,7 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "cache+memory": ("asession.backends.cache", "CacheBackend"),
     "redis": ("asession.backends.cache", "CacheBackend"),
     "rediss": ("asession.backends.cache", "CacheBackend"),
+    "unix": ("asession.backends.cache", "CacheBackend"),
     "memcached": ("asession.backends.cache", "CacheBackend"),
 }
 
@@ -41,7 +42,8 @@ def backend_from_url(url: str) -> SessionBackend:
     ``postgresql://user:pw@host:5432/db``     :class:`~asession.backends.db.DatabaseBackend` on PostgreSQL
     ``file:///absolute/dir``                  :class:`~asession.backends.file.FileBackend`
     ``cache+memory://``                       :class:`~asession.backends.cache.CacheBackend`, in memory
-    ``redis://host:6379/0``, ``rediss://``    :class:`~asession.backends.cache.CacheBackend` on Redis
+    ``redis://host:6379/0``, ``rediss://``,   :class:`~asession.backends.cache.CacheBackend` on Redis
+    ``unix:///run/redis.sock?db=0``
     ``memcached://host:11211``                :class:`~asession.backends.cache.CacheBackend` on memcached
     ========================================  =========================================================
 

@@ -141,6 +141,8 @@ class RedisOptions:
 
     host: str = "127.0.0.1"
     port: int = 6379
+    #: A Unix socket path (``unix://``); when set, ``host`` and ``port`` are not used.
+    path: str | None = None
     db: int = 0
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
@@ -187,7 +189,8 @@ class RedisOptions:
 
 
 def parse_url(url: str) -> RedisOptions:
-    """Parse ``redis[s]://[[user]:password@]host[:port][/db][?option=value&...]``; raise ``ValueError``.
+    """Parse ``redis[s]://[[user]:password@]host[:port][/db][?option=value&...]`` or
+    ``unix://[[user]:password@]/path/to/socket[?db=N&...]``; raise ``ValueError``.
 
     Options: ``db``, ``socket_timeout``, ``socket_connect_timeout`` (seconds, or ``none``),
     ``socket_keepalive``, ``max_connections``, ``client_name``, and for TLS ``ssl_cert_reqs``
@@ -199,23 +202,30 @@ def parse_url(url: str) -> RedisOptions:
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss"):
-        raise ValueError("the scheme must be redis:// or rediss://")
-    port = parts.port  # raises ValueError for a port that is not a number
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("the scheme must be redis://, rediss:// or unix://")
     kwargs: dict[str, Any] = {"tls": scheme == "rediss"}
-    if parts.hostname:
-        kwargs["host"] = unquote(parts.hostname)
-    if port:
-        kwargs["port"] = port
     if parts.username:
         kwargs["username"] = unquote(parts.username)
     if parts.password:
         kwargs["password"] = unquote(parts.password)
-    path = unquote(parts.path).strip("/")
-    if path:
-        if not path.isdigit():
-            raise ValueError(f"the path must be a database number such as /0, not /{path}")
-        kwargs["db"] = int(path)
+    if scheme == "unix":
+        # unix://[[user]:password@]/path/to/redis.sock[?db=N]: the path is the socket, the database an option.
+        socket_path = unquote(parts.path)
+        if not socket_path.startswith("/") or (parts.hostname and parts.hostname != "localhost"):
+            raise ValueError("a unix:// URL names an absolute socket path, as in unix:///run/redis/redis.sock")
+        kwargs["path"] = socket_path
+    else:
+        port = parts.port  # raises ValueError for a port that is not a number
+        if parts.hostname:
+            kwargs["host"] = unquote(parts.hostname)
+        if port:
+            kwargs["port"] = port
+        path = unquote(parts.path).strip("/")
+        if path:
+            if not path.isdigit():
+                raise ValueError(f"the path must be a database number such as /0, not /{path}")
+            kwargs["db"] = int(path)
     for name, values in parse_qs(parts.query, keep_blank_values=True).items():
         value = values[-1]
         try:
@@ -480,7 +490,7 @@ class RedisClient:
 
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
-        self.address = f"{options.host}:{options.port}"
+        self.address = options.path if options.path is not None else f"{options.host}:{options.port}"
         self._connections: list[_Connection] = []
         self._connecting: asyncio.Task[_Connection] | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -574,7 +584,10 @@ class RedisClient:
         def factory() -> _Connection:
             return _Connection(self, loop)
 
-        connect = loop.create_connection(factory, options.host, options.port, ssl=self._ssl)
+        if options.path is not None:
+            connect = loop.create_unix_connection(factory, options.path)
+        else:
+            connect = loop.create_connection(factory, options.host, options.port, ssl=self._ssl)
         transport, connection = await asyncio.wait_for(connect, options.socket_connect_timeout)
         try:
             if options.socket_keepalive:

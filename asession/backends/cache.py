@@ -78,7 +78,7 @@ MEMCACHED_MAX_RELATIVE_TTL = 30 * 24 * 3600
 #: write to the same session landed in between, so 20 in a row is a session being hammered.
 UPDATE_ATTEMPTS = 20
 
-_SCHEMES = {"memory": "cache", "redis": "redis", "rediss": "redis", "memcached": "memcached"}
+_SCHEMES = {"memory": "cache", "redis": "redis", "rediss": "redis", "unix": "redis", "memcached": "memcached"}
 #: The modules each extra's URLs import. Redis URLs use asession's own client (the standard library only);
 #: the ``redis`` extra still installs aiocache and redis-py for a RedisCache built by the user.
 _EXTRA_MODULES: dict[str, list[str]] = {"cache": ["aiocache"], "redis": [], "memcached": []}
@@ -737,7 +737,8 @@ class CacheBackend(SessionBackend):
     resource closes it.
 
     URLs: ``memory://`` (this process only; sessions survive close and reopen of the backend),
-    ``redis://[[user]:password@]host[:port][/db][?option=value]`` (``rediss://`` for TLS), reached through
+    ``redis://[[user]:password@]host[:port][/db][?option=value]`` (``rediss://`` for TLS, ``unix:///path/to/redis.sock?db=N``
+    for a Unix socket), reached through
     asession's own pipelined client with redis-py's URL options (``socket_timeout`` and
     ``socket_connect_timeout``, 5 seconds by default, ``max_connections``, 4 by default, ``ssl_cert_reqs``,
     ``ssl_ca_certs`` and the other ``ssl_*`` options: see :func:`asession.backends._redis.parse_url`), and
@@ -784,7 +785,7 @@ class CacheBackend(SessionBackend):
 
     @classmethod
     def from_url(cls, url: str) -> CacheBackend:
-        """``cache+memory://``, ``memory://``, ``redis://``, ``rediss://`` or ``memcached://``."""
+        """``cache+memory://``, ``memory://``, ``redis://``, ``rediss://``, ``unix://`` (Redis) or ``memcached://``."""
         return cls(url)
 
     def _parse(self, url: str) -> str:
@@ -793,7 +794,7 @@ class CacheBackend(SessionBackend):
         if scheme not in _SCHEMES:
             raise ImproperlyConfigured(
                 f"CacheBackend cannot use {hide_password(url)!r}. Use 'memory://', 'redis://host:6379/0', "
-                "'rediss://host:6380/0' or 'memcached://host:11211'."
+                "'rediss://host:6380/0', 'unix:///run/redis/redis.sock?db=0' or 'memcached://host:11211'."
             )
         extra = _SCHEMES[scheme]
         for module in _EXTRA_MODULES[extra]:

@@ -866,3 +866,44 @@ async def test_sessions_update_after_the_server_forgets_its_scripts(tmp_path: Pa
             await backend.update(key, {"c": 3}, ("a",), 60)
             await backend.save(keys.new_key(), {"d": 4}, 60, must_create=True)
             assert await backend.load(key) == {"b": 2, "c": 3}
+
+
+# -- unix:// sockets -------------------------------------------------------------------------------------------
+
+
+def test_parse_unix_url() -> None:
+    options = parse_url("unix://:s%40cret@/run/redis/redis.sock?db=3&socket_timeout=2")
+    assert options.path == "/run/redis/redis.sock" and options.db == 3 and options.password == "s@cret"
+    assert options.socket_timeout == 2.0 and not options.tls
+    assert parse_url("unix://localhost/tmp/r.sock").path == "/tmp/r.sock"
+
+
+@pytest.mark.parametrize("url", ["unix://relative.sock", "unix://otherhost/tmp/r.sock", "unix://"])
+def test_parse_unix_url_rejects(url: str) -> None:
+    with pytest.raises(ValueError, match="socket path"):
+        parse_url(url)
+
+
+@pytest.mark.redis
+async def test_sessions_over_a_unix_socket(tmp_path: Path) -> None:
+    """A private redis-server listening on a Unix socket (with a password): the whole session life over it."""
+    from asession import Session
+
+    socket_path = tmp_path / "redis.sock"
+    with running_redis(tmp_path, "--unixsocket", str(socket_path), "--requirepass", "pw"):
+        backend = backend_from_url(f"unix://:pw@{socket_path}?db=2")
+        async with backend:
+            assert repr(backend).count("pw") == 0
+            session = Session(backend)
+            session["cart"] = [1]
+            await session.login("alice")
+            reader = Session(backend, session.session_key)
+            await reader.load()
+            assert dict(reader) == {"cart": [1], "_auth_user_id": "alice"}
+            reader["cart"].append(2)
+            await reader.save()
+            assert (await backend.load(session.session_key))["cart"] == [1, 2]  # type: ignore[arg-type,index]
+            assert [info.user_id for info in await backend.user_sessions("alice")] == ["alice"]
+        wrong = backend_from_url(f"unix://:nope@{socket_path}")
+        with pytest.raises(BackendUnavailableError):
+            await wrong.open()
