@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from asession import Session
+from asession.backends._redis import BACKOFF_MAX
 from asession.backends.base import SessionBackend
 from benchmarks import crash_file_backend as crash
 from tests.apps import client_for, counter_app
@@ -108,8 +109,10 @@ async def test_redis_stopped_answers_503_then_recovers_without_loss(
             newcomer = await client_for(app).post("/count")
             assert newcomer.status_code == 503
 
-            # Same port, same data directory; the app and its backend are not restarted.
+            # Same port, same data directory; the app and its backend are not restarted. The client retries
+            # its connection after a jittered backoff (at most BACKOFF_MAX), not on every request.
             await asyncio.to_thread(redis_server.start)
+            await asyncio.sleep(BACKOFF_MAX)
             for _ in range(5):
                 statuses = await asyncio.gather(*(visitor.count() for visitor in visitors))
                 assert set(statuses) == {200}

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import random
 import socket
 import ssl
 from collections import deque
@@ -61,6 +63,8 @@ __all__ = [
     "parse_url",
 ]
 
+logger = logging.getLogger("asession.backends.redis")
+
 #: Seconds to connect and to wait for a reply, unless the URL says otherwise (as redis-py).
 DEFAULT_TIMEOUT = 5.0
 #: Connections per client unless the URL says ``?max_connections=N``; commands are pipelined over them.
@@ -71,6 +75,14 @@ DEFAULT_MAX_CONNECTIONS = 4
 #: (1 MiB by default), so a larger reply comes from a broken or hostile server: it fails the connection
 #: instead of filling memory.
 DEFAULT_MAX_REPLY_SIZE = 4 * 1024 * 1024
+#: Seconds between connection attempts after a failure: the first retry comes after about BACKOFF_BASE,
+#: each further failure doubles it up to BACKOFF_MAX, and each wait is jittered down to half (so many
+#: workers do not reconnect in step). Commands during the wait fail at once instead of each dialling.
+BACKOFF_BASE = 0.05
+BACKOFF_MAX = 2.0
+#: The most a connection buffers unsent before it counts as failed: a server that stops reading must not
+#: fill the worker's memory (asyncio's transport would buffer without end).
+MAX_WRITE_BUFFER = 8 * 1024 * 1024
 #: The longest line of a reply header (``$123``, ``*2``, ``-ERR ...``) before the reply counts as garbage.
 _MAX_LINE = 64 * 1024
 
@@ -153,6 +165,8 @@ class RedisOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_reply_size: int = DEFAULT_MAX_REPLY_SIZE
     client_name: str | None = None
+    #: redis-py options the URL gave that mean nothing to this client (logged once when it opens).
+    ignored: tuple[str, ...] = ()
     ssl_cert_reqs: ssl.VerifyMode = ssl.CERT_REQUIRED
     ssl_check_hostname: bool = True
     ssl_ca_certs: str | None = None
@@ -261,7 +275,9 @@ def _parse_option(kwargs: dict[str, Any], name: str, value: str) -> None:
         "ssl_ciphers",
     ):
         kwargs[name] = value
-    elif name not in _IGNORED:
+    elif name in _IGNORED:
+        kwargs["ignored"] = (*kwargs.get("ignored", ()), name)
+    else:
         raise ValueError("not an option this client understands")
 
 
@@ -423,8 +439,16 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         out, self._out = self._out, None
         # A closing transport is about to report connection_lost(), which fails the waiting commands.
-        if out and not self.closed and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        transport = self._transport
+        if out and not self.closed and transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                self.fail(
+                    ConnectionError(
+                        f"Redis at {self._client.address} stopped reading: over {MAX_WRITE_BUFFER} bytes of commands "
+                        "are waiting to be sent"
+                    )
+                )
 
     def _check_timeout(self) -> None:
         self._timer = None
@@ -506,6 +530,10 @@ class RedisClient:
             handshake.append(_command(b"CLIENT", b"SETNAME", options.client_name.encode()))
         self._handshake = handshake
         self.closed = False
+        #: Connection attempts failed in a row, when the next may start (loop time), and why the last failed.
+        self._failed_attempts = 0
+        self._retry_at = 0.0
+        self._last_error: BaseException | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisClient:
@@ -516,6 +544,7 @@ class RedisClient:
     async def open(self) -> None:
         """Connect once now, so a wrong address, password or database fails here rather than later."""
         self.closed = False
+        self._retry_at = 0.0  # an explicit open() tries now, whatever the backoff
         if not self._connections:
             await self._connection()
 
@@ -546,7 +575,12 @@ class RedisClient:
                 return connection
             if best is None or len(connection.waiters) < len(best.waiters):
                 best = connection
-        if len(self._connections) < self.options.max_connections and self._connecting is None and not self.closed:
+        if (
+            len(self._connections) < self.options.max_connections
+            and self._connecting is None
+            and not self.closed
+            and not (self._retry_at and self._backing_off())
+        ):
             self._start_connecting()
         return best
 
@@ -559,13 +593,31 @@ class RedisClient:
     def _connected(self, task: asyncio.Task[_Connection]) -> None:
         if self._connecting is task:
             self._connecting = None
-        if not task.cancelled():
-            task.exception()  # retrieved here; whoever awaits the task gets it too
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here; whoever awaits the task gets it too
+        if error is None:
+            self._failed_attempts = 0
+            self._retry_at = 0.0
+            return
+        self._failed_attempts += 1
+        self._last_error = error
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (self._failed_attempts - 1)) * random.uniform(0.5, 1.0)
+        self._retry_at = task.get_loop().time() + delay
+
+    def _backing_off(self) -> bool:
+        return self._retry_at > 0.0 and asyncio.get_running_loop().time() < self._retry_at
 
     async def _connection(self) -> _Connection:
         """The connection being opened, or a new one (callers found none to send on)."""
         if self.closed:
             raise ConnectionError("the Redis client is closed")
+        if self._connecting is None and self._backing_off():
+            wait = self._retry_at - asyncio.get_running_loop().time()
+            raise ConnectionError(
+                f"Redis at {self.address} could not be reached ({self._last_error!r}); the next attempt is in "
+                f"{wait:.2f} s"
+            )
         task = self._connecting or self._start_connecting()
         try:
             return await asyncio.shield(task)

@@ -802,6 +802,11 @@ class CacheBackend(SessionBackend):
         try:
             if extra == "redis":
                 options = _redis.parse_url(url)
+                if options.ignored:
+                    _redis.logger.warning(
+                        "Redis URL options %s are redis-py tuning options this client does not use; they are ignored.",
+                        ", ".join(sorted(set(options.ignored))),
+                    )
                 # Room for a stored session up to max_size (which then loads as too large, logged); a reply
                 # beyond that is a broken server and fails the connection instead of filling memory.
                 limit = max(_redis.DEFAULT_MAX_REPLY_SIZE, 2 * self.max_size + 1024)

@@ -607,7 +607,8 @@ def restartable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 @pytest.mark.redis
 async def test_reconnects_after_a_server_restart(restartable_redis: PrivateRedis) -> None:
-    """Down: BackendUnavailableError. Restarted: at most one more failure, then every command works again."""
+    """Down: BackendUnavailableError. Restarted: once the reconnection backoff (at most BACKOFF_MAX) has passed,
+    every command works again, without reopening the backend."""
     key = keys.new_key()
     async with CacheBackend(f"redis://127.0.0.1:{restartable_redis.port}/0") as backend:
         await backend.save(key, {"v": 1}, 60)
@@ -616,10 +617,7 @@ async def test_reconnects_after_a_server_restart(restartable_redis: PrivateRedis
             with pytest.raises(BackendUnavailableError):
                 await backend.load(key)
         await asyncio.to_thread(restartable_redis.start)
-        try:
-            await backend.load(key)
-        except BackendUnavailableError:
-            pass
+        await asyncio.sleep(_redis.BACKOFF_MAX)
         await backend.save(key, {"v": 2}, 60)  # the server kept nothing on disk
         assert await backend.load(key) == {"v": 2}
 
@@ -720,6 +718,7 @@ async def test_client_kill_storm_under_400_workers_never_hangs(tmp_path: Path) -
                     await _finishes(backend.save(key, {"n": calls}, 60))
                     await _finishes(backend.load(key))
                     calls += 2
+                    await asyncio.sleep(0)  # a call refused during the backoff does not yield by itself
                 return calls
 
             kill = asyncio.ensure_future(killer())
@@ -729,6 +728,7 @@ async def test_client_kill_storm_under_400_workers_never_hangs(tmp_path: Path) -
             done = await asyncio.wait_for(asyncio.gather(*workers), HANG + 2)
             await kill
             assert sum(done) > 400
+            await asyncio.sleep(_redis.BACKOFF_MAX)  # the backoff after the storm's last failed connection
             key = keys.new_key()
             await backend.save(key, {"after": True}, 60)
             assert await backend.load(key) == {"after": True}
@@ -749,6 +749,7 @@ async def test_maxclients_squeeze_recovers_without_stuck_calls(tmp_path: Path) -
             squeezed = await asyncio.gather(*(_finishes(backend.load(key)) for _ in range(50)))
             await admin.execute("CONFIG", "SET", "maxclients", "10000")
             assert any(isinstance(outcome, BackendUnavailableError) for outcome in squeezed)
+            await asyncio.sleep(_redis.BACKOFF_MAX)  # the backoff after the refused connections
             for _ in range(3):  # connections refused during the squeeze are gone; new ones open
                 outcomes = await asyncio.gather(*(_finishes(backend.load(key)) for _ in range(50)))
                 if all(outcome == {"v": 1} for outcome in outcomes):
@@ -907,3 +908,81 @@ async def test_sessions_over_a_unix_socket(tmp_path: Path) -> None:
         wrong = backend_from_url(f"unix://:nope@{socket_path}")
         with pytest.raises(BackendUnavailableError):
             await wrong.open()
+
+
+# -- reconnection backoff, ignored options, write buffer (issue #13) ------------------------------------------
+
+
+async def test_reconnection_backs_off_with_jitter_instead_of_dialling_on_every_command() -> None:
+    """After a failed connection, commands fail at once until the jittered backoff has passed; then it dials."""
+    port = free_port()
+    client = RedisClient.from_url(f"redis://127.0.0.1:{port}/0")
+    dials = 0
+    loop = asyncio.get_running_loop()
+    original = loop.create_connection
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal dials
+        dials += 1
+        return await original(*args, **kwargs)
+
+    loop.create_connection = counting  # type: ignore[method-assign]
+    try:
+        with pytest.raises(OSError):
+            await client.get("k")  # refused: the first failure
+        assert dials == 1
+        for _ in range(20):
+            with pytest.raises(ConnectionError, match="next attempt is in"):
+                await client.get("k")
+        assert dials == 1  # no dialling during the backoff
+        assert client._retry_at - loop.time() <= _redis.BACKOFF_BASE
+        await asyncio.sleep(_redis.BACKOFF_BASE)
+        with pytest.raises(OSError):
+            await client.get("k")
+        assert dials == 2
+        waits = []
+        for attempt in range(3, 9):
+            await asyncio.sleep(max(0.0, client._retry_at - loop.time()))
+            with pytest.raises(OSError):
+                await client.get("k")
+            waits.append(client._retry_at - loop.time())
+            assert dials == attempt
+        assert all(wait <= _redis.BACKOFF_MAX for wait in waits) and max(waits) > _redis.BACKOFF_BASE * 4
+    finally:
+        del loop.create_connection
+        await client.close()
+
+
+async def test_redis_py_options_without_meaning_are_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="asession.backends.redis"):
+        backend = CacheBackend(f"redis://127.0.0.1:{free_port()}/0?retry_on_timeout=true&health_check_interval=30")
+        for _ in range(2):  # a failed open rebuilds the client: still one warning, at construction
+            with pytest.raises(BackendUnavailableError):
+                await backend.open()
+    warnings = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert warnings == [
+        "Redis URL options health_check_interval, retry_on_timeout are redis-py tuning options this client does not "
+        "use; they are ignored."
+    ]
+
+
+async def test_a_server_that_stops_reading_fails_the_connection_instead_of_filling_memory() -> None:
+    """Commands buffered beyond MAX_WRITE_BUFFER fail their connection; nothing waits for ever."""
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RedisClient.from_url(f"redis://127.0.0.1:{port}/0?max_connections=1&socket_timeout=3")
+    try:
+        big = b"x" * (1024 * 1024)
+        results = []
+        for _ in range(40):
+            results.append(asyncio.ensure_future(client.execute("SET", "k", big)))
+            await asyncio.sleep(0)
+        outcomes = await asyncio.wait_for(asyncio.gather(*results, return_exceptions=True), 15)
+        assert any(isinstance(outcome, ConnectionError) and "stopped reading" in str(outcome) for outcome in outcomes)
+    finally:
+        await client.close()
+        server.close()
