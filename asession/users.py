@@ -242,9 +242,9 @@ async def _session_data(backend: SessionBackend, skey: str, user_id: str) -> dic
 async def sessions(backend: SessionBackend, user_id: str) -> list[SessionInfo]:
     """``user_id``'s live sessions, newest first; entries of ended sessions are pruned."""
     entries = await _entries(backend, index_key(user_id))
-    found: list[SessionInfo] = []
+    found: list[tuple[datetime, int, SessionInfo]] = []
     dead: list[str] = []
-    for handle, skey in entries.items():
+    for position, (handle, skey) in enumerate(entries.items()):
         data = await _session_data(backend, skey, user_id)
         if data is None:
             dead.append(handle)
@@ -254,10 +254,12 @@ async def sessions(backend: SessionBackend, user_id: str) -> list[SessionInfo]:
         seen = _moment(meta_seconds(meta, SEEN), started.timestamp())
         expires = _moment(meta_seconds(meta, EXPIRES), seen.timestamp())
         agent = meta[AGENT] if meta is not None and len(meta) > AGENT else None
-        found.append(SessionInfo(handle, user_id, started, seen, expires, agent if isinstance(agent, str) else None))
+        info = SessionInfo(handle, user_id, started, seen, expires, agent if isinstance(agent, str) else None)
+        found.append((info.created_at, position, info))
     await remove(backend, user_id, dead)
-    found.sort(key=lambda info: (info.created_at, info.last_seen), reverse=True)
-    return found
+    # Newest first; two logins within one millisecond in the order the index recorded them.
+    found.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return [info for _, _, info in found]
 
 
 async def revoke_user(backend: SessionBackend, user_id: str, except_skey: str | None) -> int:

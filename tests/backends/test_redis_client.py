@@ -969,8 +969,11 @@ async def test_redis_py_options_without_meaning_are_warned_about_once(caplog: py
 async def test_a_server_that_stops_reading_fails_the_connection_instead_of_filling_memory() -> None:
     """Commands buffered beyond MAX_WRITE_BUFFER fail their connection; nothing waits for ever."""
 
+    done = asyncio.Event()
+
     async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        await done.wait()
+        writer.close()
 
     server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -985,4 +988,7 @@ async def test_a_server_that_stops_reading_fails_the_connection_instead_of_filli
         assert any(isinstance(outcome, ConnectionError) and "stopped reading" in str(outcome) for outcome in outcomes)
     finally:
         await client.close()
+        done.set()
         server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)  # the handlers close their sockets
