@@ -209,6 +209,17 @@ def _app(backend: SessionBackend, config: SessionConfig, on_event: Any = None) -
     )
 
 
+def _end_before_writes(backend: SessionBackend, client: httpx.AsyncClient) -> None:
+    """Make the client's session end behind its request's back: deleted just before each write reaches it."""
+    original = backend.apply
+
+    async def ended_first(*args: Any, **kwargs: Any) -> None:
+        await backend.delete(client.cookies["session"])
+        await original(*args, **kwargs)
+
+    backend.apply = ended_first  # type: ignore[method-assign]
+
+
 def _client(app: Starlette) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
@@ -239,14 +250,7 @@ async def test_a_touch_of_a_revoked_session_expires_the_cookie(clock: Clock) -> 
     config = SessionConfig(idle_timeout=100, touch_interval=10)
     async with _client(_app(backend, config)) as client:
         await client.get("/write")
-        # The session ends behind the request's back, between its load and its touch.
-        original = backend.apply
-
-        async def revoke_first(*args: Any, **kwargs: Any) -> None:
-            await backend.delete(client.cookies["session"])
-            await original(*args, **kwargs)
-
-        backend.apply = revoke_first  # type: ignore[method-assign]
+        _end_before_writes(backend, client)  # between the request's load and its touch
         clock.advance(11)
         response = await client.get("/read")
         assert response.status_code == 200
@@ -286,13 +290,7 @@ async def test_async_listener_interrupted_and_store_error_events(clock: Clock) -
     app = _app(backend, SessionConfig(), listener)
     async with _client(app) as client:
         await client.get("/write")
-        original = backend.apply
-
-        async def flushed_meanwhile(*args: Any, **kwargs: Any) -> None:
-            await backend.delete(client.cookies["session"])
-            await original(*args, **kwargs)
-
-        backend.apply = flushed_meanwhile  # type: ignore[method-assign]
+        _end_before_writes(backend, client)  # between the request's load and its save
         assert (await client.get("/write")).status_code == 400
         del backend.apply
 

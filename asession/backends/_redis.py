@@ -639,8 +639,19 @@ class RedisClient:
         if options.path is not None:
             connect = loop.create_unix_connection(factory, options.path)
         else:
-            connect = loop.create_connection(factory, options.host, options.port, ssl=self._ssl)
-        transport, connection = await asyncio.wait_for(connect, options.socket_connect_timeout)
+            timeout = options.socket_connect_timeout
+            if self._ssl is not None and timeout is not None:
+                # asyncio's own handshake timeout closes the transport; cancelling a handshake from outside
+                # (wait_for below) can leave it unclosed on Python 3.11. The outer bound stays as a backstop.
+                connect = loop.create_connection(
+                    factory, options.host, options.port, ssl=self._ssl, ssl_handshake_timeout=timeout
+                )
+            else:
+                connect = loop.create_connection(factory, options.host, options.port, ssl=self._ssl)
+        outer = options.socket_connect_timeout
+        transport, connection = await asyncio.wait_for(
+            connect, None if outer is None else outer + (1.0 if self._ssl is not None else 0.0)
+        )
         try:
             if options.socket_keepalive:
                 transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -665,6 +676,9 @@ class RedisClient:
         except BaseException:
             connection.fail(ConnectionError("the connection to Redis was not set up"))
             raise
+        if self.closed:  # close() ran while this connection was being set up: it would never be closed
+            connection.fail(ConnectionError("the Redis client was closed"))
+            raise ConnectionError("the Redis client was closed")
         self._connections.append(connection)
         return connection
 
