@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from asession import Session
-from asession.backends._redis import BACKOFF_MAX
+from asession.backends._pool import BACKOFF_MAX
 from asession.backends.base import SessionBackend
 from benchmarks import crash_file_backend as crash
 from tests.apps import client_for, counter_app

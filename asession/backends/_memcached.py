@@ -44,12 +44,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from asession.backends._pool import ConnectionPool, PipelinedConnection
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -251,30 +252,17 @@ def _parse(buf: bytes | bytearray, pos: int, kind: int, key: bytes, limit: int) 
 # -- one connection ----------------------------------------------------------------------------------------
 
 
-class _Connection(asyncio.Protocol):
-    """One socket: commands written in order, replies matched to a FIFO of ``(future, kind, key)``."""
+class _Connection(PipelinedConnection["tuple[asyncio.Future[Any], int, bytes]"]):
+    """One memcached socket (:class:`asession.backends._pool.PipelinedConnection`): replies matched to a FIFO
+    of ``(future, kind, key)``."""
 
     def __init__(self, client: MemcachedClient, loop: asyncio.AbstractEventLoop) -> None:
-        self._client = client
-        self._loop = loop
-        self._timeout = client.options.socket_timeout
+        super().__init__(client, loop, client.options.socket_timeout)
         self._limit = client.options.max_value_size
-        self._transport: asyncio.Transport | None = None
-        self.waiters: deque[tuple[asyncio.Future[Any], int, bytes]] = deque()
-        self._buffer = bytearray()
-        self._out: list[bytes] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
-        self.closed = False
 
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        reason = f": {exc}" if exc else ""
-        self.fail(ConnectionError(f"the connection to memcached at {self._client.address} was lost{reason}"))
+    @staticmethod
+    def _future_of(entry: tuple[asyncio.Future[Any], int, bytes]) -> asyncio.Future[Any]:
+        return entry[0]
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -323,7 +311,7 @@ class _Connection(asyncio.Protocol):
         """
         future = self._loop.create_future()
         if self.closed:
-            future.set_exception(ConnectionError(f"the connection to memcached at {self._client.address} was lost"))
+            future.set_exception(ConnectionError(f"the connection to {self._where()} was lost"))
             return future
         if not self.waiters:
             self._last_activity = self._loop.time()
@@ -337,45 +325,12 @@ class _Connection(asyncio.Protocol):
             self._out.append(command)
         return future
 
-    def _flush(self) -> None:
-        out, self._out = self._out, None
-        # A closing transport is about to report connection_lost(), which fails the waiting commands.
-        if out and not self.closed and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def _check_timeout(self) -> None:
-        self._timer = None
-        if not self.waiters or self.closed or self._timeout is None:
-            return
-        idle = self._loop.time() - self._last_activity
-        if idle >= self._timeout * 0.999:
-            self.fail(TimeoutError(f"memcached at {self._client.address} sent no reply within {self._timeout:g} s"))
-        else:
-            self._timer = self._loop.call_later(self._timeout - idle, self._check_timeout)
-
-    def fail(self, exc: Exception) -> None:
-        """Fail every command in flight with ``exc`` and drop the connection (idempotent)."""
-        if self.closed:
-            return
-        self.closed = True
-        self._client._forget(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        waiters, self.waiters = self.waiters, deque()
-        self._buffer = bytearray()
-        for future, _, _ in waiters:
-            if not future.done():
-                future.set_exception(exc)
-        if self._transport is not None:
-            self._transport.abort()
-
 
 # -- the client -------------------------------------------------------------------------------------------
 
 
-class MemcachedClient:
-    """Pipelined commands over up to ``options.max_connections`` connections (see the module's docstring).
+class MemcachedClient(ConnectionPool["_Connection"]):
+    """Pipelined commands over up to ``options.max_connections`` connections (:mod:`asession.backends._pool`).
 
     The commands return awaitables (a future when a connection is ready, so the hot path runs no coroutine
     of its own); a key that memcached would refuse raises ``ValueError`` at once. Failures raise
@@ -383,12 +338,11 @@ class MemcachedClient:
     :class:`ProtocolError`. TTLs are seconds from now; 0 means no expiry.
     """
 
+    server = "memcached"
+
     def __init__(self, options: MemcachedOptions) -> None:
+        super().__init__(f"{options.host}:{options.port}", options.max_connections)
         self.options = options
-        self.address = f"{options.host}:{options.port}"
-        self._connections: list[_Connection] = []
-        self._connecting: asyncio.Task[_Connection] | None = None
-        self.closed = False
 
     @classmethod
     def from_url(cls, url: str) -> MemcachedClient:
@@ -405,68 +359,7 @@ class MemcachedClient:
 
     # -- connections --------------------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Connect once now, so a wrong address, or a server that is not memcached, fails here."""
-        self.closed = False
-        if not self._connections:
-            await self._connection()
-
-    async def close(self) -> None:
-        """Drop every connection; commands in flight fail with :class:`ConnectionError` (idempotent)."""
-        self.closed = True
-        connecting, self._connecting = self._connecting, None
-        if connecting is not None:
-            connecting.cancel()
-        for connection in list(self._connections):
-            connection.fail(ConnectionError("the memcached client was closed"))
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
-
-    def _forget(self, connection: _Connection) -> None:
-        try:
-            self._connections.remove(connection)
-        except ValueError:
-            pass
-
-    def _pick(self) -> _Connection | None:
-        """An idle connection, else the least busy one; start another while below max_connections."""
-        best: _Connection | None = None
-        for connection in self._connections:
-            if not connection.waiters:
-                return connection
-            if best is None or len(connection.waiters) < len(best.waiters):
-                best = connection
-        if len(self._connections) < self.options.max_connections and self._connecting is None and not self.closed:
-            self._start_connecting()
-        return best
-
-    def _start_connecting(self) -> asyncio.Task[_Connection]:
-        task = asyncio.get_running_loop().create_task(self._connect())
-        self._connecting = task
-        task.add_done_callback(self._connected)
-        return task
-
-    def _connected(self, task: asyncio.Task[_Connection]) -> None:
-        if self._connecting is task:
-            self._connecting = None
-        if not task.cancelled():
-            task.exception()  # retrieved here; whoever awaits the task gets it too
-
-    async def _connection(self) -> _Connection:
-        """The connection being opened, or a new one (callers found none to send on)."""
-        if self.closed:
-            raise ConnectionError("the memcached client is closed")
-        task = self._connecting or self._start_connecting()
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled() and self.closed:  # close() stopped the attempt; this caller was not cancelled
-                raise ConnectionError("the memcached client was closed") from None
-            raise
-
-    async def _connect(self) -> _Connection:
+    async def _open_connection(self) -> _Connection:
         options = self.options
         loop = asyncio.get_running_loop()
 
@@ -490,7 +383,6 @@ class MemcachedClient:
         except BaseException:
             connection.fail(ConnectionError("the connection to memcached was not set up"))
             raise
-        self._connections.append(connection)
         return connection
 
     # -- commands -----------------------------------------------------------------------------------------

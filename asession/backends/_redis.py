@@ -42,14 +42,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import socket
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from asession.backends._pool import ConnectionPool, PipelinedConnection
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -75,14 +75,6 @@ DEFAULT_MAX_CONNECTIONS = 4
 #: (1 MiB by default), so a larger reply comes from a broken or hostile server: it fails the connection
 #: instead of filling memory.
 DEFAULT_MAX_REPLY_SIZE = 4 * 1024 * 1024
-#: Seconds between connection attempts after a failure: the first retry comes after about BACKOFF_BASE,
-#: each further failure doubles it up to BACKOFF_MAX, and each wait is jittered down to half (so many
-#: workers do not reconnect in step). Commands during the wait fail at once instead of each dialling.
-BACKOFF_BASE = 0.05
-BACKOFF_MAX = 2.0
-#: The most a connection buffers unsent before it counts as failed: a server that stops reading must not
-#: fill the worker's memory (asyncio's transport would buffer without end).
-MAX_WRITE_BUFFER = 8 * 1024 * 1024
 #: The longest line of a reply header (``$123``, ``*2``, ``-ERR ...``) before the reply counts as garbage.
 _MAX_LINE = 64 * 1024
 
@@ -353,30 +345,16 @@ def _parse(buf: bytes | bytearray, pos: int, limit: int = DEFAULT_MAX_REPLY_SIZE
 # -- one connection ----------------------------------------------------------------------------------------
 
 
-class _Connection(asyncio.Protocol):
-    """One socket: commands written in order, replies matched to a FIFO of futures."""
+class _Connection(PipelinedConnection["asyncio.Future[Any]"]):
+    """One Redis socket (:class:`asession.backends._pool.PipelinedConnection`): replies resolve futures in order."""
 
     def __init__(self, client: RedisClient, loop: asyncio.AbstractEventLoop) -> None:
-        self._client = client
-        self._loop = loop
-        self._timeout = client.options.socket_timeout
+        super().__init__(client, loop, client.options.socket_timeout)
         self._limit = client.options.max_reply_size
-        self._transport: asyncio.Transport | None = None
-        self.waiters: deque[asyncio.Future[Any]] = deque()
-        self._buffer = bytearray()
-        self._out: list[bytes] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
-        self.closed = False
 
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        reason = f": {exc}" if exc else ""
-        self.fail(ConnectionError(f"the connection to Redis at {self._client.address} was lost{reason}"))
+    @staticmethod
+    def _future_of(entry: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        return entry
 
     def data_received(self, data: bytes) -> None:
         if self._buffer:
@@ -422,7 +400,7 @@ class _Connection(asyncio.Protocol):
         """
         future = self._loop.create_future()
         if self.closed:
-            future.set_exception(ConnectionError(f"the connection to Redis at {self._client.address} was lost"))
+            future.set_exception(ConnectionError(f"the connection to {self._where()} was lost"))
             return future
         if not self.waiters:
             self._last_activity = self._loop.time()
@@ -435,46 +413,6 @@ class _Connection(asyncio.Protocol):
         else:
             self._out.append(command)
         return future
-
-    def _flush(self) -> None:
-        out, self._out = self._out, None
-        # A closing transport is about to report connection_lost(), which fails the waiting commands.
-        transport = self._transport
-        if out and not self.closed and transport is not None and not transport.is_closing():
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
-            if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-                self.fail(
-                    ConnectionError(
-                        f"Redis at {self._client.address} stopped reading: over {MAX_WRITE_BUFFER} bytes of commands "
-                        "are waiting to be sent"
-                    )
-                )
-
-    def _check_timeout(self) -> None:
-        self._timer = None
-        if not self.waiters or self.closed or self._timeout is None:
-            return
-        idle = self._loop.time() - self._last_activity
-        if idle >= self._timeout * 0.999:
-            self.fail(TimeoutError(f"Redis at {self._client.address} sent no reply within {self._timeout:g} s"))
-        else:
-            self._timer = self._loop.call_later(self._timeout - idle, self._check_timeout)
-
-    def fail(self, exc: Exception) -> None:
-        """Fail every command in flight with ``exc`` and drop the connection (idempotent)."""
-        if self.closed:
-            return
-        self.closed = True
-        self._client._forget(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        waiters, self.waiters = self.waiters, deque()
-        for future in waiters:
-            if not future.done():
-                future.set_exception(exc)
-        if self._transport is not None:
-            self._transport.abort()
 
 
 # -- scripts ----------------------------------------------------------------------------------------------
@@ -504,19 +442,21 @@ def _arg(value: bytes | str | int) -> bytes:
 # -- the client -------------------------------------------------------------------------------------------
 
 
-class RedisClient:
-    """Pipelined commands over up to ``options.max_connections`` connections (see the module's docstring).
+class RedisClient(ConnectionPool["_Connection"]):
+    """Pipelined commands over up to ``options.max_connections`` connections (:mod:`asession.backends._pool`).
 
     :meth:`get`, :meth:`hgetall`, :meth:`set`, :meth:`exists` and :meth:`delete` return awaitables (a future when a
     connection is ready, so the hot path runs no coroutine of its own). Failures raise
     :class:`ConnectionError`, :class:`OSError`, :class:`TimeoutError` or :class:`RedisError`.
     """
 
+    server = "Redis"
+
     def __init__(self, options: RedisOptions) -> None:
+        super().__init__(
+            options.path if options.path is not None else f"{options.host}:{options.port}", options.max_connections
+        )
         self.options = options
-        self.address = options.path if options.path is not None else f"{options.host}:{options.port}"
-        self._connections: list[_Connection] = []
-        self._connecting: asyncio.Task[_Connection] | None = None
         self._ssl: ssl.SSLContext | None = None
         self._ssl_built = False
         handshake = []
@@ -529,11 +469,6 @@ class RedisClient:
         if options.client_name:
             handshake.append(_command(b"CLIENT", b"SETNAME", options.client_name.encode()))
         self._handshake = handshake
-        self.closed = False
-        #: Connection attempts failed in a row, when the next may start (loop time), and why the last failed.
-        self._failed_attempts = 0
-        self._retry_at = 0.0
-        self._last_error: BaseException | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisClient:
@@ -541,92 +476,7 @@ class RedisClient:
 
     # -- connections --------------------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Connect once now, so a wrong address, password or database fails here rather than later."""
-        self.closed = False
-        self._retry_at = 0.0  # an explicit open() tries now, whatever the backoff
-        if not self._connections:
-            await self._connection()
-
-    async def close(self) -> None:
-        """Drop every connection; commands in flight fail with :class:`ConnectionError`."""
-        self.closed = True
-        connecting, self._connecting = self._connecting, None
-        if connecting is not None:
-            connecting.cancel()
-        for connection in list(self._connections):
-            connection.fail(ConnectionError("the Redis client was closed"))
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
-
-    def _forget(self, connection: _Connection) -> None:
-        try:
-            self._connections.remove(connection)
-        except ValueError:
-            pass
-
-    def _pick(self) -> _Connection | None:
-        """An idle connection, else the least busy one; start another while below max_connections."""
-        best: _Connection | None = None
-        for connection in self._connections:
-            if not connection.waiters:
-                return connection
-            if best is None or len(connection.waiters) < len(best.waiters):
-                best = connection
-        if (
-            len(self._connections) < self.options.max_connections
-            and self._connecting is None
-            and not self.closed
-            and not (self._retry_at and self._backing_off())
-        ):
-            self._start_connecting()
-        return best
-
-    def _start_connecting(self) -> asyncio.Task[_Connection]:
-        task = asyncio.get_running_loop().create_task(self._connect())
-        self._connecting = task
-        task.add_done_callback(self._connected)
-        return task
-
-    def _connected(self, task: asyncio.Task[_Connection]) -> None:
-        if self._connecting is task:
-            self._connecting = None
-        if task.cancelled():
-            return
-        error = task.exception()  # retrieved here; whoever awaits the task gets it too
-        if error is None:
-            self._failed_attempts = 0
-            self._retry_at = 0.0
-            return
-        self._failed_attempts += 1
-        self._last_error = error
-        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (self._failed_attempts - 1)) * random.uniform(0.5, 1.0)
-        self._retry_at = task.get_loop().time() + delay
-
-    def _backing_off(self) -> bool:
-        return self._retry_at > 0.0 and asyncio.get_running_loop().time() < self._retry_at
-
-    async def _connection(self) -> _Connection:
-        """The connection being opened, or a new one (callers found none to send on)."""
-        if self.closed:
-            raise ConnectionError("the Redis client is closed")
-        if self._connecting is None and self._backing_off():
-            wait = self._retry_at - asyncio.get_running_loop().time()
-            raise ConnectionError(
-                f"Redis at {self.address} could not be reached ({self._last_error!r}); the next attempt is in "
-                f"{wait:.2f} s"
-            )
-        task = self._connecting or self._start_connecting()
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled() and self.closed:  # close() stopped the attempt; this caller was not cancelled
-                raise ConnectionError("the Redis client was closed") from None
-            raise
-
-    async def _connect(self) -> _Connection:
+    async def _open_connection(self) -> _Connection:
         options = self.options
         loop = asyncio.get_running_loop()
         if not self._ssl_built:
@@ -676,10 +526,6 @@ class RedisClient:
         except BaseException:
             connection.fail(ConnectionError("the connection to Redis was not set up"))
             raise
-        if self.closed:  # close() ran while this connection was being set up: it would never be closed
-            connection.fail(ConnectionError("the Redis client was closed"))
-            raise ConnectionError("the Redis client was closed")
-        self._connections.append(connection)
         return connection
 
     # -- commands -----------------------------------------------------------------------------------------

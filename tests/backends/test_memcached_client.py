@@ -28,6 +28,7 @@ from asession.backends._memcached import (
     ProtocolError,
     parse_url,
 )
+from asession.backends._pool import BACKOFF_BASE
 from tests.servers import free_port, require_executable
 
 DAY = 86400
@@ -483,6 +484,9 @@ async def test_server_closing_at_once_fails_fast(fake_memcached: StartFake) -> N
             asyncio.gather(*(client.get(f"k{i}") for i in range(5)), client.version(), return_exceptions=True), 2
         )
         assert all(isinstance(result, OSError) for result in results), results
+        await asyncio.sleep(BACKOFF_BASE)  # commands during the backoff fail without dialling; then it dials again
+        with pytest.raises(OSError):
+            await asyncio.wait_for(client.get("k"), 2)
         assert client.connection_count == 0 and fake.connections >= 2
     finally:
         await client.close()
@@ -707,7 +711,8 @@ async def test_server_error_from_memcached_keeps_the_connection(private_memcache
 
 @pytest.mark.memcached
 async def test_reconnects_after_a_restart(private_memcached: PrivateMemcached) -> None:
-    """When memcached restarts, the lost connection is dropped and the next command opens a new one."""
+    """When memcached restarts, the lost connection is dropped and, once the reconnection backoff has passed,
+    the next command opens a new one."""
     async with MemcachedClient.from_url(private_memcached.url) as client:
         assert await client.set("k", b"v", 60) is True
         private_memcached.stop()
@@ -716,5 +721,6 @@ async def test_reconnects_after_a_restart(private_memcached: PrivateMemcached) -
         with pytest.raises(OSError):
             await client.get("k")
         private_memcached.start()
+        await asyncio.sleep(BACKOFF_BASE)  # one failed attempt: the shortest backoff
         assert await client.get("k") is None  # a fresh server: the item went with the old one
         assert await client.set("k", b"w", 60) is True and await client.get("k") == b"w"

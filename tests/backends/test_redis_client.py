@@ -20,7 +20,7 @@ from urllib.parse import quote
 import pytest
 
 from asession import keys
-from asession.backends import _redis, backend_from_url
+from asession.backends import _pool, _redis, backend_from_url
 from asession.backends._redis import (
     ProtocolError,
     RedisClient,
@@ -617,7 +617,7 @@ async def test_reconnects_after_a_server_restart(restartable_redis: PrivateRedis
             with pytest.raises(BackendUnavailableError):
                 await backend.load(key)
         await asyncio.to_thread(restartable_redis.start)
-        await asyncio.sleep(_redis.BACKOFF_MAX)
+        await asyncio.sleep(_pool.BACKOFF_MAX)
         await backend.save(key, {"v": 2}, 60)  # the server kept nothing on disk
         assert await backend.load(key) == {"v": 2}
 
@@ -728,7 +728,7 @@ async def test_client_kill_storm_under_400_workers_never_hangs(tmp_path: Path) -
             done = await asyncio.wait_for(asyncio.gather(*workers), HANG + 2)
             await kill
             assert sum(done) > 400
-            await asyncio.sleep(_redis.BACKOFF_MAX)  # the backoff after the storm's last failed connection
+            await asyncio.sleep(_pool.BACKOFF_MAX)  # the backoff after the storm's last failed connection
             key = keys.new_key()
             await backend.save(key, {"after": True}, 60)
             assert await backend.load(key) == {"after": True}
@@ -749,7 +749,7 @@ async def test_maxclients_squeeze_recovers_without_stuck_calls(tmp_path: Path) -
             squeezed = await asyncio.gather(*(_finishes(backend.load(key)) for _ in range(50)))
             await admin.execute("CONFIG", "SET", "maxclients", "10000")
             assert any(isinstance(outcome, BackendUnavailableError) for outcome in squeezed)
-            await asyncio.sleep(_redis.BACKOFF_MAX)  # the backoff after the refused connections
+            await asyncio.sleep(_pool.BACKOFF_MAX)  # the backoff after the refused connections
             for _ in range(3):  # connections refused during the squeeze are gone; new ones open
                 outcomes = await asyncio.gather(*(_finishes(backend.load(key)) for _ in range(50)))
                 if all(outcome == {"v": 1} for outcome in outcomes):
@@ -935,8 +935,8 @@ async def test_reconnection_backs_off_with_jitter_instead_of_dialling_on_every_c
             with pytest.raises(ConnectionError, match="next attempt is in"):
                 await client.get("k")
         assert dials == 1  # no dialling during the backoff
-        assert client._retry_at - loop.time() <= _redis.BACKOFF_BASE
-        await asyncio.sleep(_redis.BACKOFF_BASE)
+        assert client._retry_at - loop.time() <= _pool.BACKOFF_BASE
+        await asyncio.sleep(_pool.BACKOFF_BASE)
         with pytest.raises(OSError):
             await client.get("k")
         assert dials == 2
@@ -947,7 +947,7 @@ async def test_reconnection_backs_off_with_jitter_instead_of_dialling_on_every_c
                 await client.get("k")
             waits.append(client._retry_at - loop.time())
             assert dials == attempt
-        assert all(wait <= _redis.BACKOFF_MAX for wait in waits) and max(waits) > _redis.BACKOFF_BASE * 4
+        assert all(wait <= _pool.BACKOFF_MAX for wait in waits) and max(waits) > _pool.BACKOFF_BASE * 4
     finally:
         del loop.create_connection
         await client.close()
