@@ -37,6 +37,10 @@ MIN_SECRET_KEY_LENGTH = 32
 _PAYLOAD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 #: Base64 of an HMAC-SHA256 signature, after the last ``.``; shorter keys cannot be ours.
 _SIGNATURE_LENGTH = 43
+#: The 43rd character of a 32-byte signature carries 4 bits and 2 unused ones, which decoders ignore: only
+#: the characters with those 2 bits clear are the canonical encoding. Others would make several cookies
+#: (a "tampered" last character) verify as one, so they are refused before any signature check.
+_CANONICAL_LAST = frozenset("AEIMQUYcgkosw048")
 _MIN_PAYLOAD_LENGTH = 1 + 1 + _SIGNATURE_LENGTH
 _SEPARATOR = ":"
 
@@ -117,11 +121,15 @@ class SignedCookieBackend(SessionBackend):
         return f"{self._state.name.lower()}, salt={self.salt!r}"
 
     def accepts_key(self, key: object) -> bool:
-        """Tell whether ``key`` looks like one of our payloads: URL-safe base64 and ``.``, 45 to 4096 long."""
+        """Tell whether ``key`` looks like one of our payloads: URL-safe base64 and ``.``, 45 to 4096 long.
+
+        The signature's last character must also be its canonical encoding, so one session has one cookie.
+        """
         return (
             isinstance(key, str)
             and _MIN_PAYLOAD_LENGTH <= len(key) <= MAX_COOKIE_SIZE
             and _PAYLOAD_CHARS.issuperset(key)
+            and key[-1] in _CANONICAL_LAST
         )
 
     async def create(self, data: Mapping[str, Any], expiry_age: int) -> str:

@@ -63,6 +63,22 @@ async def test_tampered_payload_loads_empty_and_logs_security_warning(
     assert "bad signature" in security_records(caplog, logging.WARNING)[0].getMessage()
 
 
+async def test_every_other_last_signature_character_is_refused(signed: SignedCookieBackend) -> None:
+    """The signature's last character has 2 bits base64 decoders ignore: only its canonical spelling loads.
+
+    Otherwise four cookies would verify as one session, and a "tampered" last character would still load.
+    """
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    key = await signed.create({"user": 1}, DAY)
+    position = alphabet.index(key[-1])
+    assert position % 4 == 0
+    for spare_bits in (1, 2, 3):
+        variant = key[:-1] + alphabet[position + spare_bits]
+        assert not signed.accepts_key(variant)
+        assert await signed.load(variant) is None
+    assert await signed.load(key) == {"user": 1}
+
+
 async def test_payload_signed_with_unknown_key_loads_empty(
     signed: SignedCookieBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
