@@ -25,9 +25,11 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "postgresql": ("asession.backends.db", "DatabaseBackend"),
     "file": ("asession.backends.file", "FileBackend"),
     "cache+memory": ("asession.backends.cache", "CacheBackend"),
-    "redis": ("asession.backends.cache", "CacheBackend"),
-    "rediss": ("asession.backends.cache", "CacheBackend"),
-    "unix": ("asession.backends.cache", "CacheBackend"),
+    "redis": ("asession.backends.redis", "RedisBackend"),
+    "rediss": ("asession.backends.redis", "RedisBackend"),
+    "unix": ("asession.backends.redis", "RedisBackend"),
+    "redis+sentinel": ("asession.backends.redis", "RedisBackend"),
+    "redis+cluster": ("asession.backends.redis", "RedisBackend"),
     "memcached": ("asession.backends.cache", "CacheBackend"),
 }
 
@@ -42,8 +44,10 @@ def backend_from_url(url: str) -> SessionBackend:
     ``postgresql://user:pw@host:5432/db``     :class:`~asession.backends.db.DatabaseBackend` on PostgreSQL
     ``file:///absolute/dir``                  :class:`~asession.backends.file.FileBackend`
     ``cache+memory://``                       :class:`~asession.backends.cache.CacheBackend`, in memory
-    ``redis://host:6379/0``, ``rediss://``,   :class:`~asession.backends.cache.CacheBackend` on Redis
-    ``unix:///run/redis.sock?db=0``
+    ``redis://host:6379/0``, ``rediss://``,   :class:`~asession.backends.redis.RedisBackend`
+    ``unix:///run/redis.sock?db=0``,
+    ``redis+sentinel://h:26379/mymaster``,
+    ``redis+cluster://h:7000,h:7001``
     ``memcached://host:11211``                :class:`~asession.backends.cache.CacheBackend` on memcached
     ========================================  =========================================================
 

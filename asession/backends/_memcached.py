@@ -172,8 +172,13 @@ def parse_url(url: str) -> MemcachedOptions:
 
 # -- the text protocol ------------------------------------------------------------------------------------
 
-# What a waiter's reply is parsed as.
-_GET, _GETS, _STORE, _CAS, _DELETE, _TOUCH, _VERSION = range(7)
+# What a waiter's reply is parsed as. _SEEN is a ``gets`` whose caller wants the value only, the token being
+# remembered by the client (MemcachedClient.get_remembering); it sorts with _GET and _GETS (kind <= _GETS).
+_GET, _SEEN, _GETS, _STORE, _CAS, _DELETE, _TOUCH, _VERSION = range(8)
+#: Values the client remembers with their CAS tokens (get_remembering), and the largest it remembers (bytes):
+#: at most 4 MiB per client; an update of a value forgotten costs one ``gets`` more.
+_SEEN_SIZE = 512
+_SEEN_VALUE = 8192
 
 #: The one-line replies each kind of command may get, and what they mean.
 _STATUS: dict[int, dict[bytes, bool | None]] = {
@@ -259,6 +264,7 @@ class _Connection(PipelinedConnection["tuple[asyncio.Future[Any], int, bytes]"])
     def __init__(self, client: MemcachedClient, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(client, loop, client.options.socket_timeout)
         self._limit = client.options.max_value_size
+        self._remember = client.remember
 
     @staticmethod
     def _future_of(entry: tuple[asyncio.Future[Any], int, bytes]) -> asyncio.Future[Any]:
@@ -291,6 +297,9 @@ class _Connection(PipelinedConnection["tuple[asyncio.Future[Any], int, bytes]"])
                     continue
                 if isinstance(value, MemcachedError):
                     future.set_exception(value)
+                elif kind == _SEEN and value is not None:
+                    self._remember(key, value)
+                    future.set_result(value[0])
                 else:
                     future.set_result(value)
         except ProtocolError as exc:
@@ -343,6 +352,8 @@ class MemcachedClient(ConnectionPool["_Connection"]):
     def __init__(self, options: MemcachedOptions) -> None:
         super().__init__(f"{options.host}:{options.port}", options.max_connections)
         self.options = options
+        #: The value and CAS token of keys read by :meth:`get_remembering`, until :meth:`remembered` takes them.
+        self._seen: dict[bytes, tuple[bytes, int]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemcachedClient:
@@ -407,6 +418,31 @@ class MemcachedClient(ConnectionPool["_Connection"]):
         """``get key``: the value, or ``None``."""
         raw = _key(key)
         return self._send(b"get %b\r\n" % raw, _GET, raw)
+
+    def get_remembering(self, key: str) -> Awaitable[bytes | None]:
+        """:meth:`get` through ``gets``: the value, whose CAS token :meth:`remembered` then hands out once.
+
+        For a read that an update may follow (a session loaded by a request, then saved by it): the update
+        can then go straight to :meth:`cas`, one round trip instead of ``gets`` and ``cas``. Values larger
+        than 8 KiB are not remembered, nor more than 512 keys at a time.
+        """
+        raw = _key(key)
+        return self._send(b"gets %b\r\n" % raw, _SEEN, raw)
+
+    def remembered(self, key: str) -> tuple[bytes, int] | None:
+        """The value and CAS token :meth:`get_remembering` last read for ``key``, once; ``None`` if none.
+
+        The token may be out of date (another write since): :meth:`cas` with it then answers ``False``.
+        """
+        return self._seen.pop(key.encode(), None) if self._seen else None
+
+    def remember(self, key: bytes, found: tuple[bytes, int]) -> None:
+        """Keep ``found`` (value, CAS token) for :meth:`remembered`; called by the connection's parser."""
+        if len(found[0]) <= _SEEN_VALUE:
+            seen = self._seen
+            if len(seen) >= _SEEN_SIZE:
+                seen.clear()
+            seen[key] = found
 
     def gets(self, key: str) -> Awaitable[tuple[bytes, int] | None]:
         """``gets key``: the value and its CAS token for :meth:`cas`, or ``None``."""

@@ -84,6 +84,11 @@ class PipelinedConnection(asyncio.Protocol, ABC, Generic[W]):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self._last_activity = self._loop.time()
+
+    def silent_for(self) -> float:
+        """Seconds since this connection last sent a command to an idle server or received anything."""
+        return self._loop.time() - self._last_activity
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""

@@ -1,28 +1,18 @@
-"""CacheBackend: sessions in a cache, in process memory, on Redis or on memcached.
+"""CacheBackend: sessions in a cache, in process memory or on memcached, or in an aiocache cache handed in.
 
 The cache keeps each session under ``asession:<sha256 of the key>`` with a TTL of the session's expiry
 age, so the store drops expired sessions by itself and :meth:`~CacheBackend.clear_expired` has nothing
-to do. Session data is JSON text, never pickled, whatever serializer a user-supplied cache was built with.
+to do. Session data is JSON text, never pickled, whatever serializer a user-supplied cache was built with:
+one string entry per session, the session's JSON text as the base class produced it.
 
-**How a session is stored.** ``memory://``, ``memcached://`` and aiocache caches handed in keep one string
-entry: the session's JSON text as the base class produced it. Redis URLs keep one Redis *hash* per
-session: each field is the JSON text of a top-level key (``"cart"``, quotes included), its value the JSON
-text of that key's value, so that an update writes only the keys it changed. A load is one ``HGETALL``,
-joined in Python into ``{field:value,...}``, which the base class decodes and checks as before. Redis drops
-an empty hash, so an empty session keeps a single field with an empty name, which no JSON text is.
-Sessions stored as one string by earlier versions of asession still load (``HGETALL`` answers
-``WRONGTYPE``, then ``GET``) and become hashes at their first update.
+Redis is :class:`~asession.backends.redis.RedisBackend`, a subclass that keeps each session as a hash;
+``CacheBackend("redis://...")`` (and ``rediss://``, ``unix://``, ``redis+sentinel://``, ``redis+cluster://``,
+or a redis-py client) still works, as an alias that builds a RedisBackend.
 
 **Concurrent requests** (:meth:`~asession.backends.base.SessionBackend.update`): each store merges a
 request's changes into the session as stored *now* in one atomic step, so parallel requests of one session
 keep each other's keys:
 
-- Redis: one Lua script, one round trip. It refuses when the session is gone, when a value it would keep
-  is not JSON (``pcall(cjson.decode, ...)``: a corrupt session is never half-merged) and when the merged
-  session would exceed ``max_size`` (measured before anything is written); then ``HDEL``, ``HSET`` and
-  ``EXPIRE``. Lua never decodes and re-encodes a value: ``cjson.encode`` turns an empty list ``[]`` into
-  ``{}`` and prints numbers with 14 significant digits. ``benchmarks/REDIS_CLIENTS.md`` measures this
-  design against a compare-and-set of one JSON string (two round trips: a ``GET``, then the swap).
 - memcached: ``gets``, the merge in Python, ``cas``; retried, after a short random wait, while other writes
   come in between (:data:`UPDATE_ATTEMPTS` times at most). Updates of one session from this process take
   turns, so they never make each other retry.
@@ -36,10 +26,9 @@ entries (Redis strings, memcached items) with ``get``, ``set``, ``add``, ``delet
 format the sessions themselves use. A composite backend keeps its own entries there, under keys it
 prefixes itself (:data:`KEY_PREFIX` or its own).
 
-The backend talks to its cache through one store object: :class:`_RedisStore` for ``redis://`` /
-``rediss://`` URLs, which uses asession's own lean pipelined client (:mod:`asession.backends._redis`):
-redis-py under aiocache cost 40-90 µs of CPU per command, the lean client 3-13 µs
-(``benchmarks/REDIS_CLIENTS.md``); the ``_AiocacheStore`` family for everything aiocache reaches.
+The backend talks to its cache through one :class:`SessionStore`: ``_MemcachedClientStore`` for
+``memcached://`` URLs (asession's own client, :mod:`asession.backends._memcached`), the ``_AiocacheStore``
+family for everything aiocache reaches, and RedisBackend's own.
 
 aiocache 0.12 ships no type information, so its objects stay ``Any`` inside this module.
 """
@@ -48,29 +37,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from json.encoder import encode_basestring
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
-from asession import serializers
-from asession.backends import _memcached, _redis
+from asession.backends import _memcached, _redis_url
 from asession.backends._extras import require
 from asession.backends._urls import hide_password
 from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend
 from asession.changes import Changes
-from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError
+from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured
 
 __all__ = ["KEY_PREFIX", "CacheBackend", "CacheStore"]
 
 #: Prefix of every key asession writes, so sessions are easy to find beside other cached data.
 KEY_PREFIX = "asession:"
 #: Seconds a Redis connection may take to open or to answer, unless the URL says otherwise.
-REDIS_SOCKET_TIMEOUT = _redis.DEFAULT_TIMEOUT
+REDIS_SOCKET_TIMEOUT = _redis_url.DEFAULT_TIMEOUT
 #: memcached reads an expiry time above 30 days as an absolute Unix timestamp, not as seconds from now.
 MEMCACHED_MAX_RELATIVE_TTL = 30 * 24 * 3600
 #: Attempts of a compare-and-set update (memcached, a RedisCache handed in, a Redis session stored as one
@@ -78,11 +64,12 @@ MEMCACHED_MAX_RELATIVE_TTL = 30 * 24 * 3600
 #: write to the same session landed in between, so 20 in a row is a session being hammered.
 UPDATE_ATTEMPTS = 20
 
-_SCHEMES = {"memory": "cache", "redis": "redis", "rediss": "redis", "unix": "redis", "memcached": "memcached"}
-#: The modules each extra's URLs import. Redis URLs use asession's own client (the standard library only);
-#: the ``redis`` extra still installs aiocache and redis-py for a RedisCache built by the user.
-_EXTRA_MODULES: dict[str, list[str]] = {"cache": ["aiocache"], "redis": [], "memcached": []}
-_OPEN_CHECK_KEY = KEY_PREFIX + "open-check"
+_SCHEMES = {"memory": "cache", "memcached": "memcached"}
+#: The modules each extra's URLs import: memcached:// uses asession's own client (the standard library only).
+_EXTRA_MODULES: dict[str, list[str]] = {"cache": ["aiocache"], "memcached": []}
+#: Schemes of URLs that ``CacheBackend(url)`` hands to RedisBackend.
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"})
+OPEN_CHECK_KEY = KEY_PREFIX + "open-check"
 # What interrupts a cache call halfway: aiocache's timeout, or the request's task being cancelled.
 _INTERRUPTIONS = (asyncio.CancelledError, asyncio.TimeoutError)
 
@@ -116,7 +103,7 @@ def _is_instance(cache: Any, module: str, class_name: str) -> bool:
     return isinstance(cache, cls)
 
 
-async def _back_off(attempt: int) -> None:
+async def back_off(attempt: int) -> None:
     """Wait a random while before compare-and-set attempt ``attempt + 1``, up to twice as long each time.
 
     Updates that collide (from other processes: this one's take turns) were mostly issued together and take
@@ -139,6 +126,11 @@ class _Turns:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
+    def others(self, key: str) -> bool:
+        """Whether updates of ``key`` other than the caller's hold or wait for their turn."""
+        entry = self._locks.get(key)
+        return entry is not None and entry[1][0] > 1
+
     @contextlib.asynccontextmanager
     async def of(self, key: str) -> AsyncIterator[None]:
         entry = self._locks.get(key)
@@ -155,7 +147,7 @@ class _Turns:
                 del self._locks[key]
 
 
-def _contended(key: str) -> RuntimeError:
+def contended(key: str) -> RuntimeError:
     return RuntimeError(
         f"the session under {key!r} changed during each of {UPDATE_ATTEMPTS} attempts to update it; nothing was written"
     )
@@ -190,7 +182,7 @@ class CacheStore(Protocol):
         """Whether ``key`` is stored."""
 
 
-class _SessionStore(CacheStore, Protocol):
+class SessionStore(CacheStore, Protocol):
     """A :class:`CacheStore` that also keeps sessions: what :class:`CacheBackend` drives.
 
     ``delete`` and ``exists`` serve sessions and plain entries alike; ``load``, ``save`` and ``update`` read
@@ -272,7 +264,7 @@ class _AiocacheStore:
         raise NotImplementedError(f"{type(self).__name__} does not say how it merges updates atomically.")
 
     async def check(self) -> None:
-        await self.cache.exists(_OPEN_CHECK_KEY)
+        await self.cache.exists(OPEN_CHECK_KEY)
 
     async def close(self) -> None:
         aclose = getattr(getattr(self.cache, "client", None), "aclose", None)
@@ -345,8 +337,8 @@ class _MemcachedStore(_AiocacheStore):
                 # cas stores only if nobody wrote the item since this gets; False also when it was deleted since.
                 if await self._call(self.cache.set(key, payload, ttl=ttl, dumps_fn=_passthrough, _cas_token=token)):
                     return payload
-                await _back_off(attempt)
-        raise _contended(key)
+                await back_off(attempt)
+        raise contended(key)
 
 
 #: Compare-and-set of one string: KEYS[1] the session, ARGV[1] the text the merge started from, ARGV[2] the
@@ -386,8 +378,8 @@ class _RedisCacheStore(_AiocacheStore):
                 if reply[0]:
                     return payload
                 current = reply[1]
-                await _back_off(attempt)
-        raise _contended(key)
+                await back_off(attempt)
+        raise contended(key)
 
 
 class _MemcachedClientStore:
@@ -398,7 +390,9 @@ class _MemcachedClientStore:
     session's key come back), and a reply cut mid-line froze the event loop. This client keeps every
     reply matched to its own command and checks the key of every ``VALUE`` line. Updates are ``gets``,
     the merge in Python, ``cas``; retried after a short random wait while other writes win the race, and
-    one at a time per key in this process.
+    one at a time per key in this process. A load is a ``gets`` whose CAS token the client remembers, so
+    the update of a session the request loaded first tries ``cas`` with that token: one round trip instead
+    of two when nothing else wrote the session in between.
     """
 
     def __init__(self, options: _memcached.MemcachedOptions) -> None:
@@ -425,7 +419,7 @@ class _MemcachedClientStore:
         return await self.client.get(key) is not None
 
     def load(self, key: str) -> Awaitable[bytes | None]:
-        return self.client.get(key)
+        return self.client.get_remembering(key)
 
     async def save(self, key: str, payload: str, ttl: int, *, must_create: bool) -> bool:
         if must_create:
@@ -435,6 +429,20 @@ class _MemcachedClientStore:
 
     async def update(self, key: str, changes: Changes, ttl: int, backend: CacheBackend) -> str:
         async with self._turns.of(key):
+            seen = self.client.remembered(key)
+            # The request's own load: its token is current unless a write came since, as one surely has when
+            # other updates of the session wait here (their loads and updates overlap): then gets and cas.
+            if seen is not None and not self._turns.others(key):
+                try:
+                    payload = backend._merge(seen[0], changes)
+                except Exception:
+                    pass  # refused on what was loaded: decided below on what is stored now
+                else:
+                    stored = await self.client.cas(key, payload, ttl, seen[1])
+                    if stored:
+                        return payload
+                    if stored is None:  # deleted since the load: a logout won
+                        raise backend._gone()
             for attempt in range(UPDATE_ATTEMPTS):
                 found = await self.client.gets(key)
                 if found is None:
@@ -445,14 +453,24 @@ class _MemcachedClientStore:
                     return payload
                 if stored is None:  # deleted since the gets: a logout won
                     raise backend._gone()
-                await _back_off(attempt)
-        raise _contended(key)
+                await back_off(attempt)
+        raise contended(key)
 
     async def check(self) -> None:
         await self.client.open()
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _is_redis(cache_or_url: object) -> bool:
+    """Whether ``CacheBackend(cache_or_url)`` means Redis: a Redis URL, or a redis-py client."""
+    if isinstance(cache_or_url, str):
+        scheme = cache_or_url.split("://", 1)[0].lower() if "://" in cache_or_url else ""
+        return scheme in _REDIS_SCHEMES
+    from asession.backends._redis_py import is_redis_py_client
+
+    return is_redis_py_client(cache_or_url)
 
 
 def _aiocache_store(cache: Any) -> _AiocacheStore:
@@ -464,270 +482,11 @@ def _aiocache_store(cache: Any) -> _AiocacheStore:
     return _LocalStore(cache)
 
 
-# Redis sessions as hashes. The scripts below share this helper: HSET of ARGV[first], ARGV[first + 1], ...
-# in slices, since Lua's unpack() fails beyond about 8000 values.
-_HSET_FROM = """
-local function hset_from(key, first)
-  for i = first, #ARGV, 1000 do
-    redis.call('HSET', key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
-  end
-end
-"""
-
-#: Create or replace a session. KEYS[1] the session; ARGV[1] the TTL; then its fields and values in turn.
-_REPLACE = _redis.Script(
-    _HSET_FROM
-    + """
-redis.call('DEL', KEYS[1])
-hset_from(KEYS[1], 2)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-)
-
-#: Create a session only if its key is free (0 when taken). Arguments as for :data:`_REPLACE`.
-_CREATE = _redis.Script(
-    _HSET_FROM
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-hset_from(KEYS[1], 2)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-)
-
-#: Rewrite a session stored as one string (earlier versions) as a hash, only if the string is still the one
-#: the merge started from (0 otherwise). KEYS[1] the session; ARGV[1] the TTL; ARGV[2] that string; then the
-#: merged session's fields and values in turn.
-_CONVERT = _redis.Script(
-    _HSET_FROM
-    + """
-if redis.call('TYPE', KEYS[1]).ok ~= 'string' or redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-hset_from(KEYS[1], 3)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-)
-
-# What _UPDATE answers, as the first item of its reply.
-_MISSING, _STRING, _CORRUPT, _TOO_LARGE, _WRITTEN = range(5)
-
-#: Merge a request's changes into a session. KEYS[1] the session; ARGV[1] 'TTL MAX_SIZE REPLACE REMOVED' (the
-#: TTL, max_size, 1 to replace the whole session or 0, how many fields to delete: one argument rather than
-#: four, since every argument costs the client an encoding on every update); then the fields to delete; then
-#: the fields and values to set, in turn. Answers {0} nothing stored, {1, text} a session stored as one
-#: string, {2, why} corrupt, {3, size} too large (nothing written in these four cases), and 4, a plain
-#: integer rather than an array, the usual answer, when written.
-#: The size is that of the JSON text a load joins: '{' and '}', and per field 'name:value' and a ','
-#: (one fewer than fields), in bytes as the load measures it.
-_UPDATE = _redis.Script(
-    _HSET_FROM
-    + """
-local key = KEYS[1]
-local kind = redis.call('TYPE', key).ok
-if kind == 'none' then return {0} end
-if kind == 'string' then return {1, redis.call('GET', key)} end
-if kind ~= 'hash' then return {2, 'a Redis ' .. kind .. ' is stored under the key'} end
-local ttl, max_size, replace_flag, removed = string.match(ARGV[1], '^(%d+) (%d+) ([01]) (%d+)$')
-local replace = replace_flag == '1'
-local first = 2 + tonumber(removed)
-local size, count, marker = 1, 0, false
-if not replace then
-  local dropped = {}
-  for i = 2, first - 1 do dropped[ARGV[i]] = true end
-  for i = first, #ARGV, 2 do dropped[ARGV[i]] = true end
-  local stored = redis.call('HGETALL', key)
-  for i = 1, #stored, 2 do
-    local field, value = stored[i], stored[i + 1]
-    if field == '' then
-      marker = true
-    elseif not dropped[field] then
-      local ok, name = pcall(cjson.decode, field)
-      if not ok or type(name) ~= 'string' then
-        return {2, 'a field name is not JSON text: ' .. string.sub(field, 1, 40)}
-      end
-      if not pcall(cjson.decode, value) then
-        return {2, 'the value of ' .. string.sub(field, 1, 40) .. ' is not JSON text'}
-      end
-      size = size + #field + #value + 2
-      count = count + 1
-    end
-  end
-end
-for i = first, #ARGV, 2 do
-  size = size + #ARGV[i] + #ARGV[i + 1] + 2
-  count = count + 1
-end
-if count == 0 then size = 2 end
-if size > tonumber(max_size) then return {3, size} end
-if replace then
-  redis.call('DEL', key)
-else
-  for i = 2, first - 1, 1000 do
-    redis.call('HDEL', key, unpack(ARGV, i, math.min(i + 999, first - 1)))
-  end
-end
-hset_from(key, first)
-if count == 0 then
-  redis.call('HSET', key, '', '')
-elseif marker then
-  redis.call('HDEL', key, '')
-end
-redis.call('EXPIRE', key, ttl)
-return 4
-"""
-)
-
-#: The field and value that keep an empty session alive: Redis deletes a hash with no fields, and no JSON
-#: text is empty, so this field cannot be a session key.
-_EMPTY_SESSION = (b"", b"")
-
-
-def _field(key: object) -> str:
-    """A session key's JSON text, the name of its field (``cart`` -> ``"cart"``)."""
-    if isinstance(key, str):
-        return encode_basestring(key)
-    text = serializers.dumps_value({key: 0})  # JSON's own spelling of a key that is not a string: 1 -> "1"
-    return text[1 : text.rindex(":")]
-
-
-def _fields(data: Mapping[str, Any]) -> list[bytes | str | int]:
-    """``data`` as a hash: each key's JSON text followed by its value's, in turn."""
-    fields: list[bytes | str | int] = []
-    try:
-        for key, value in data.items():
-            fields += (_field(key).encode(), serializers.dumps_value(value).encode())
-    except TypeError:
-        serializers.dumps(data)  # raises the TypeError that names the offending key
-        raise
-    return fields or list(_EMPTY_SESSION)
-
-
-def _template(fields: int) -> bytes:
-    return b"{" + b",".join([b"%b:%b"] * fields) + b"}"
-
-
-#: ``{%b:%b,%b:%b}`` for sessions of up to 32 keys: one ``%`` joins a loaded hash at a fifth of the cost of
-#: building the pairs one by one, and every load goes through it.
-_TEMPLATES = [_template(fields) for fields in range(33)]
-
-
-def _join(fields: list[bytes]) -> bytes:
-    """A session's JSON text from its hash's fields and values in turn (``HGETALL``)."""
-    count = len(fields) // 2
-    if count == 1 and not fields[0]:
-        return b"{}"  # the field that keeps an empty session alive
-    template = _TEMPLATES[count] if count < len(_TEMPLATES) else _template(count)
-    return template % tuple(fields)
-
-
-def _too_large(size: int, max_size: int) -> SessionError:
-    return SessionError(
-        f"The session is {size} bytes once serialized, over the limit of {max_size} bytes. "
-        "Store less in the session, or raise the backend's max_size."
-    )
-
-
-class _RedisStore:
-    """Redis through :class:`asession.backends._redis.RedisClient`, one session per hash (see the module).
-
-    Plain entries are strings; their methods hand back the client's futures as they are.
-    """
-
-    def __init__(self, options: _redis.RedisOptions) -> None:
-        self.client = _redis.RedisClient(options)
-
-    @property
-    def inner(self) -> Any:
-        return self.client
-
-    def get(self, key: str) -> Awaitable[bytes | None]:
-        return self.client.get(key)
-
-    def set(self, key: str, text: str, ttl: int) -> Awaitable[object]:
-        return self.client.set(key, text, ttl)
-
-    async def add(self, key: str, text: str, ttl: int) -> bool:
-        return await self.client.set(key, text, ttl, nx=True) is not None
-
-    def delete(self, key: str) -> Awaitable[int]:
-        return self.client.delete(key)
-
-    async def exists(self, key: str) -> bool:
-        return bool(await self.client.exists(key))
-
-    async def load(self, key: str) -> bytes | None:
-        try:
-            fields = await self.client.hgetall(key)
-        except _redis.RedisError as exc:
-            if not str(exc).startswith("WRONGTYPE"):
-                raise
-            return await self.client.get(key)  # a session stored as one string by an earlier version
-        return _join(fields) if fields else None
-
-    async def save(self, key: str, payload: str, ttl: int, *, must_create: bool) -> bool:
-        # The base class hands over the whole session's JSON text; a hash wants it key by key.
-        try:
-            fields = _fields(serializers.loads(payload))
-        except ValueError:
-            # Not a JSON object, so not from the base class (a test storing garbage on purpose): kept as it
-            # is, as one string, which loads as corrupt and is refused by updates like any corrupt session.
-            if must_create:
-                return await self.add(key, payload, ttl)
-            await self.set(key, payload, ttl)
-            return True
-        return bool(await self.client.run(_CREATE if must_create else _REPLACE, (key,), [ttl, *fields]))
-
-    async def update(self, key: str, changes: Changes, ttl: int, backend: CacheBackend) -> str | None:
-        if changes.replace:
-            removed: list[str] = []
-        else:
-            removed = [_field(name) for name in changes.removed]
-        header = b"%d %d %d %d" % (ttl, backend.max_size, 1 if changes.replace else 0, len(removed))
-        args: list[bytes | str | int] = [header, *removed]
-        args += _fields(changes.changed) if changes.changed else ()
-        for attempt in range(UPDATE_ATTEMPTS):
-            try:
-                reply = await self.client.evalsha(_UPDATE, (key,), args)
-            except _redis.RedisError as exc:
-                if not _redis.is_noscript(exc):
-                    raise
-                reply = await self.client.run(_UPDATE, (key,), args)
-            if reply == _WRITTEN:
-                return None
-            outcome = reply[0]
-            if outcome == _MISSING:
-                raise backend._gone()
-            if outcome == _CORRUPT:
-                reason = reply[1].decode("utf-8", "replace")
-                security_logger.warning(
-                    "%s: session data corrupted (%s); treated as empty.", type(backend).__name__, reason
-                )
-                raise backend._gone()
-            if outcome == _TOO_LARGE:
-                raise _too_large(reply[1], backend.max_size)
-            # _STRING: merged here (logged and refused if corrupt), then written as a hash if still unchanged.
-            payload = backend._merge(reply[1], changes)
-            merged = [ttl, reply[1], *_fields(serializers.loads(payload))]
-            if await self.client.run(_CONVERT, (key,), merged):
-                return payload
-            await _back_off(attempt)
-        raise _contended(key)
-
-    async def check(self) -> None:
-        await self.client.open()
-        await self.client.exists(_OPEN_CHECK_KEY)
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
 # -- the backend ---------------------------------------------------------------------------------------------
 
 
 class CacheBackend(SessionBackend):
-    """Store sessions in a cache: ``memory://``, ``redis://`` / ``rediss://``, ``memcached://``, or an aiocache cache.
+    """Store sessions in a cache: ``memory://``, ``memcached://``, or an aiocache cache.
 
     ``cache_or_url`` is either a URL, from which the backend builds its own cache when it opens, or an
     aiocache cache instance (``BaseCache``) the caller built. With a URL the backend owns its cache: it
@@ -736,33 +495,42 @@ class CacheBackend(SessionBackend):
     instance stays the caller's: it is checked on open but never closed here, since whoever opens a
     resource closes it.
 
-    URLs: ``memory://`` (this process only; sessions survive close and reopen of the backend),
-    ``redis://[[user]:password@]host[:port][/db][?option=value]`` (``rediss://`` for TLS, ``unix:///path/to/redis.sock?db=N``
-    for a Unix socket), reached through
-    asession's own pipelined client with redis-py's URL options (``socket_timeout`` and
-    ``socket_connect_timeout``, 5 seconds by default, ``max_connections``, 4 by default, ``ssl_cert_reqs``,
-    ``ssl_ca_certs`` and the other ``ssl_*`` options: see :func:`asession.backends._redis.parse_url`), and
-    ``memcached://host[:port][?pool_size=10]`` through aiocache.
+    URLs: ``memory://`` (this process only; sessions survive close and reopen of the backend) and
+    ``memcached://host[:port][?option=value]`` through asession's own client (see
+    :func:`asession.backends._memcached.parse_url`). Redis URLs and redis-py clients build a
+    :class:`~asession.backends.redis.RedisBackend` (a subclass): ``CacheBackend("redis://...")`` is an alias.
 
     Each session is merged into as it is stored now when a request saves it (see the module's docstring:
-    one Lua script on Redis, ``gets``/``cas`` on memcached, a lock in process memory), and
-    :attr:`entries` lends the cache's plain string entries to a composite backend.
+    ``gets``/``cas`` on memcached, a lock in process memory), and :attr:`entries` lends the cache's plain
+    string entries to a composite backend.
 
     Expired sessions vanish through the store's TTL. memcached keeps items of at most 1 MB by default,
     and evicts items under memory pressure, as any cache may: pair it with a database
     (``CachedDatabaseBackend``) when sessions must not be lost.
 
-    ``memory://`` and ``memcached://`` need the ``cache`` extra (aiocache), plus ``memcached`` for memcached;
-    Redis URLs need nothing beyond the standard library.
+    ``memory://`` needs the ``cache`` extra (aiocache); ``memcached://`` nothing beyond the standard library.
     """
 
     expires_by_itself = True
 
-    def __init__(self, cache_or_url: object, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        super().__init__(max_size=max_size)
+    def __new__(cls, *args: Any, **kwargs: Any) -> CacheBackend:
+        """``CacheBackend(redis_url_or_client)`` builds a RedisBackend (an alias kept from earlier versions).
+
+        Subclasses are built as they are, whatever their own constructor takes.
+        """
+        if cls is CacheBackend and _is_redis(args[0] if args else kwargs.get("cache_or_url")):
+            from asession.backends.redis import RedisBackend
+
+            return super().__new__(RedisBackend)
+        return super().__new__(cls)
+
+    def __init__(
+        self, cache_or_url: object, *, max_size: int = DEFAULT_MAX_SIZE, encrypt_at_rest: bool = False
+    ) -> None:
+        super().__init__(max_size=max_size, encrypt_at_rest=encrypt_at_rest)
         self._url: str | None = None
         self._options: Any = None
-        self._store: _SessionStore | None = None
+        self._store: SessionStore | None = None
         if isinstance(cache_or_url, str):
             self._url = cache_or_url.removeprefix("cache+")
             self._scheme = self._parse(self._url)
@@ -770,22 +538,14 @@ class CacheBackend(SessionBackend):
                 # Built once and kept, so the sessions outlive a close() and open() of the backend.
                 self._store = self._build()
         else:
-            require("aiocache", "CacheBackend", "cache")
-            from aiocache.base import BaseCache
-
-            if not isinstance(cache_or_url, BaseCache):
-                raise ImproperlyConfigured(
-                    f"CacheBackend takes an aiocache cache or a URL such as 'redis://127.0.0.1:6379/0', "
-                    f"not {cache_or_url!r}."
-                )
             self._scheme = ""
-            self._store = _aiocache_store(cache_or_url)
+            self._store = self._adopt(cache_or_url)
         # An aiocache memcached cache handed in takes TTLs as they are; asession's own client converts them.
         self._memcached = isinstance(self._store, _MemcachedStore)
 
     @classmethod
     def from_url(cls, url: str) -> CacheBackend:
-        """``cache+memory://``, ``memory://``, ``redis://``, ``rediss://``, ``unix://`` (Redis) or ``memcached://``."""
+        """``cache+memory://``, ``memory://`` or ``memcached://`` (and, as an alias, the Redis schemes)."""
         return cls(url)
 
     def _parse(self, url: str) -> str:
@@ -793,39 +553,37 @@ class CacheBackend(SessionBackend):
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in _SCHEMES:
             raise ImproperlyConfigured(
-                f"CacheBackend cannot use {hide_password(url)!r}. Use 'memory://', 'redis://host:6379/0', "
-                "'rediss://host:6380/0', 'unix:///run/redis/redis.sock?db=0' or 'memcached://host:11211'."
+                f"CacheBackend cannot use {hide_password(url)!r}. Use 'memory://', 'memcached://host:11211', "
+                "or a Redis URL such as 'redis://host:6379/0'."
             )
         extra = _SCHEMES[scheme]
         for module in _EXTRA_MODULES[extra]:
             require(module, "CacheBackend", extra, "" if module == "aiocache" else f" for {scheme}:// URLs")
-        try:
-            if extra == "redis":
-                options = _redis.parse_url(url)
-                if options.ignored:
-                    _redis.logger.warning(
-                        "Redis URL options %s are redis-py tuning options this client does not use; they are ignored.",
-                        ", ".join(sorted(set(options.ignored))),
-                    )
-                # Room for a stored session up to max_size (which then loads as too large, logged); a reply
-                # beyond that is a broken server and fails the connection instead of filling memory.
-                limit = max(_redis.DEFAULT_MAX_REPLY_SIZE, 2 * self.max_size + 1024)
-                self._options = dataclasses.replace(options, max_reply_size=limit)
-            elif extra == "memcached":
+        if extra == "memcached":
+            try:
                 self._options = _memcached.parse_url(url)
-        except ValueError as exc:
-            raise ImproperlyConfigured(f"CacheBackend cannot use {hide_password(url)!r}: {exc}.") from exc
+            except ValueError as exc:
+                raise ImproperlyConfigured(f"CacheBackend cannot use {hide_password(url)!r}: {exc}.") from exc
         return scheme
 
-    def _build(self) -> _SessionStore:
+    def _adopt(self, cache: object) -> SessionStore:
+        """The store for a cache the caller built and keeps."""
+        require("aiocache", "CacheBackend", "cache")
+        from aiocache.base import BaseCache
+
+        if not isinstance(cache, BaseCache):
+            raise ImproperlyConfigured(
+                f"CacheBackend takes an aiocache cache or a URL such as 'memcached://127.0.0.1:11211', not {cache!r}."
+            )
+        return _aiocache_store(cache)
+
+    def _build(self) -> SessionStore:
         """Create the store this backend's URL describes (nothing connects yet)."""
         if self._scheme == "memory":
             from aiocache import SimpleMemoryCache
 
             return _LocalStore(SimpleMemoryCache(serializer=_SERIALIZER, timeout=None))
-        if self._scheme == "memcached":
-            return _MemcachedClientStore(self._options)
-        return _RedisStore(self._options)
+        return _MemcachedClientStore(self._options)
 
     @property
     def entries(self) -> CacheStore:
@@ -860,8 +618,8 @@ class CacheBackend(SessionBackend):
             # str(), not repr(): redis-py 8 exceptions repr as "network:ConnectionError" and nothing more.
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise BackendUnavailableError(
-                f"CacheBackend could not reach {self._describe()} ({reason}). Check that the server is running "
-                "and that the URL, password and database are right."
+                f"{type(self).__name__} could not reach {self._describe()} ({reason}). Check that the server is "
+                "running and that the URL, password and database are right."
             ) from exc
 
     async def _close(self) -> None:

@@ -71,7 +71,7 @@ async def test_memory_urls_build_an_in_process_cache(url: str) -> None:
 )
 def test_malformed_url_raises_improperly_configured_without_password(url: str) -> None:
     """A URL CacheBackend cannot use fails at construction, and the message hides any password."""
-    with pytest.raises(ImproperlyConfigured, match="CacheBackend cannot use") as info:
+    with pytest.raises(ImproperlyConfigured, match="(Cache|Redis)Backend cannot use") as info:
         CacheBackend(url)
     assert "s3cret" not in str(info.value)
 
@@ -101,10 +101,17 @@ def test_missing_extra_raises_install_hint(monkeypatch: pytest.MonkeyPatch, hidd
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/0"])
 def test_redis_urls_need_neither_aiocache_nor_redis_py(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    """Redis URLs go through asession's own client: they build with aiocache and redis-py both missing."""
+    """Redis URLs go through asession's own client: they build with aiocache and redis-py both missing.
+
+    ``CacheBackend(url)`` is an alias: what it builds is a RedisBackend.
+    """
+    from asession.backends.redis import RedisBackend
+
     monkeypatch.setitem(sys.modules, "aiocache", None)
     monkeypatch.setitem(sys.modules, "redis", None)
-    assert repr(CacheBackend(url)) == f"<CacheBackend {url}>"
+    backend = CacheBackend(url)
+    assert type(backend) is RedisBackend and isinstance(backend, CacheBackend)
+    assert repr(backend) == f"<RedisBackend {url}>"
 
 
 # -- caches handed in by the user ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import pytest
 
 from asession import keys
-from asession.backends import _pool, _redis, backend_from_url
+from asession.backends import _pool, _redis, _resp, backend_from_url
 from asession.backends._redis import (
     ProtocolError,
     RedisClient,
@@ -62,6 +62,7 @@ def test_parse_url_reads_every_part() -> None:
     assert (options.host, options.port, options.db, options.tls) == ("cache.example", 6380, 3, True)
     assert options.socket_timeout == 0.5 and options.socket_connect_timeout is None
     assert options.socket_keepalive and options.max_connections == 2 and options.client_name == "web"
+    assert options.health_check_interval == 10
     assert options.ssl_cert_reqs == ssl.CERT_OPTIONAL and not options.ssl_check_hostname
     assert (options.ssl_ca_certs, options.ssl_ca_path, options.ssl_certfile, options.ssl_keyfile) == (
         "/ca.pem",
@@ -142,30 +143,30 @@ REPLIES: list[tuple[bytes, Any]] = [
 @pytest.mark.parametrize(("wire", "value"), REPLIES)
 def test_parse_every_cut(wire: bytes, value: Any) -> None:
     """Each reply parses whole, and every proper prefix of it asks for more data."""
-    assert _redis._parse(wire, 0) == (value, len(wire))
-    assert _redis._parse(bytearray(b"junk" + wire), 4) == (value, len(wire) + 4)
+    assert _resp._parse(wire, 0) == (value, len(wire))
+    assert _resp._parse(bytearray(b"junk" + wire), 4) == (value, len(wire) + 4)
     for cut in range(len(wire)):
-        assert _redis._parse(wire[:cut], 0)[1] == _redis._INCOMPLETE
+        assert _resp._parse(wire[:cut], 0)[1] == _resp._INCOMPLETE
 
 
 def test_parse_error_reply_is_returned_not_raised() -> None:
-    error, end = _redis._parse(b"-ERR wrong type\r\n", 0)
+    error, end = _resp._parse(b"-ERR wrong type\r\n", 0)
     assert isinstance(error, RedisError) and str(error) == "ERR wrong type" and end == 17
 
 
 @pytest.mark.parametrize("wire", [b"?huh\r\n", b"$x\r\n", b":1.5\r\n", b"*two\r\n", b"*1\r\n$x\r\nab\r\n"])
 def test_parse_garbage_raises_protocol_error(wire: bytes) -> None:
     with pytest.raises(ProtocolError, match="malformed reply"):
-        _redis._parse(wire, 0)
+        _resp._parse(wire, 0)
 
 
 def test_array_element_over_the_reply_limit_fails() -> None:
     with pytest.raises(ProtocolError, match="exceeds the limit"):
-        _redis._parse(b"*1\r\n$100\r\n" + b"x" * 100 + b"\r\n", 0, limit=10)
+        _resp._parse(b"*1\r\n$100\r\n" + b"x" * 100 + b"\r\n", 0, limit=10)
 
 
 def test_command_encoding() -> None:
-    assert _redis._command(b"GET", b"k") == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    assert _resp._command(b"GET", b"k") == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
 
 
 # -- a fake server ------------------------------------------------------------------------------------------------
@@ -690,7 +691,7 @@ async def test_command_on_a_connection_lost_meanwhile_fails_at_once(fake_redis: 
         [connection] = client._connections
         connection.fail(ConnectionError("dropped"))
         with pytest.raises(ConnectionError):
-            await asyncio.wait_for(connection.send(_redis._command(b"GET", b"k")), HANG)
+            await asyncio.wait_for(connection.send(_resp._command(b"GET", b"k")), HANG)
         assert await client.get("k") == b"k"  # the client itself reconnects
     finally:
         await client.close()
@@ -955,14 +956,14 @@ async def test_reconnection_backs_off_with_jitter_instead_of_dialling_on_every_c
 
 async def test_redis_py_options_without_meaning_are_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="asession.backends.redis"):
-        backend = CacheBackend(f"redis://127.0.0.1:{free_port()}/0?retry_on_timeout=true&health_check_interval=30")
+        backend = CacheBackend(f"redis://127.0.0.1:{free_port()}/0?retry_on_timeout=true&socket_read_size=65536")
         for _ in range(2):  # a failed open rebuilds the client: still one warning, at construction
             with pytest.raises(BackendUnavailableError):
                 await backend.open()
     warnings = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     assert warnings == [
-        "Redis URL options health_check_interval, retry_on_timeout are redis-py tuning options this client does not "
-        "use; they are ignored."
+        "Redis URL options retry_on_timeout, socket_read_size are redis-py tuning options this client does not use; "
+        "they are ignored."
     ]
 
 
@@ -992,3 +993,66 @@ async def test_a_server_that_stops_reading_fails_the_connection_instead_of_filli
         server.close()
         await server.wait_closed()
         await asyncio.sleep(0.05)  # the handlers close their sockets
+
+
+# -- health check of a connection lent after a long silence (issue #13) -------------------------------------------
+
+
+def _pings(port: int) -> int:
+    """How many PING commands the server on ``port`` has answered (INFO commandstats)."""
+    info = subprocess.run(
+        ["redis-cli", "-p", str(port), "INFO", "commandstats"], capture_output=True, text=True, check=True
+    ).stdout
+    for line in info.splitlines():
+        if line.startswith("cmdstat_ping:"):
+            return int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return 0
+
+
+async def test_a_connection_silent_past_the_interval_is_pinged_before_its_next_command(tmp_path: Path) -> None:
+    with running_redis(tmp_path) as server:
+        client = _redis.RedisClient(parse_url(f"redis://127.0.0.1:{server.port}/0?health_check_interval=0.2"))
+        try:
+            await client.get("a")
+            before = _pings(server.port)
+            await client.get("a")  # right after: no check
+            assert _pings(server.port) == before
+            await asyncio.sleep(0.3)
+            assert await client.get("a") is None
+            assert _pings(server.port) == before + 1
+            assert client.connection_count == 1  # checked and kept, not replaced
+        finally:
+            await client.close()
+
+
+async def test_without_a_health_check_interval_nothing_is_pinged(tmp_path: Path) -> None:
+    with running_redis(tmp_path) as server:
+        client = _redis.RedisClient(parse_url(f"redis://127.0.0.1:{server.port}/0?health_check_interval=0"))
+        try:
+            await client.get("a")
+            before = _pings(server.port)
+            await asyncio.sleep(0.3)
+            await client.get("a")
+            assert _pings(server.port) == before
+        finally:
+            await client.close()
+
+
+async def test_a_silent_connection_that_no_longer_answers_is_replaced_before_the_command_is_lost(
+    tmp_path: Path,
+) -> None:
+    """A connection a NAT or firewall forgot while idle (writes vanish, nothing comes back) fails its PING,
+    and the command goes out on a new connection instead of timing out on the dead one."""
+    with running_redis(tmp_path) as server:
+        url = f"redis://127.0.0.1:{server.port}/0?health_check_interval=0.2&socket_timeout=0.5"
+        client = _redis.RedisClient(parse_url(url))
+        try:
+            await client.set("k", "v", 60)
+            (dead,) = client._connections
+            assert dead._transport is not None
+            dead._transport.write = lambda data: None  # type: ignore[method-assign]  # the link is gone
+            await asyncio.sleep(0.3)
+            assert await client.get("k") == b"v"
+            assert dead.closed and dead not in client._connections
+        finally:
+            await client.close()

@@ -1,0 +1,227 @@
+"""Real Redis topologies for the tests: a Redis Cluster and a Sentinel-watched master, on free 127.0.0.1 ports.
+
+Both are Debian's ``redis-server``: ``--cluster-enabled yes`` nodes joined by ``redis-cli --cluster create``,
+and ``redis-server sentinel.conf --sentinel``. Nothing is kept on disk beyond the test's own directory, and
+:meth:`stop` ends every process, so the machine's shared Redis is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.servers import REDIS_SERVER, PrivateRedis, free_port, require_executable, stop_process
+
+REDIS_CLI = "/usr/bin/redis-cli"
+#: How long a silent node or master counts as alive: short, so a failover test takes seconds.
+NODE_TIMEOUT_MS = 1000
+
+
+def command(port: int, *args: str, timeout: float = 5.0) -> str:
+    """One command to the server on ``port`` through redis-cli; its reply as text."""
+    result = subprocess.run(
+        [REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return result.stdout.strip()
+
+
+def _wait(condition: str, check: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {condition}")
+
+
+class RedisCluster:
+    """``masters`` masters with ``replicas`` replicas each, formed by ``redis-cli --cluster create``."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.directory = directory
+        self.replicas = replicas
+        self.nodes: list[PrivateRedis] = []
+        for index in range(masters * (1 + replicas)):
+            node_dir = directory / f"node-{index}"
+            node_dir.mkdir(parents=True)
+            self.nodes.append(
+                PrivateRedis(
+                    node_dir,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    str(NODE_TIMEOUT_MS),
+                    # The bus port, chosen free, rather than port + 10000 (which may be taken or above 65535).
+                    "--cluster-port",
+                    str(free_port()),
+                )
+            )
+
+    @property
+    def url(self) -> str:
+        """A ``redis+cluster://`` URL naming two of the nodes as seeds."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[:2])
+
+    def start(self) -> None:
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            created = subprocess.run(
+                [
+                    REDIS_CLI,
+                    "--cluster",
+                    "create",
+                    *addresses,
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
+            _wait("the cluster to be ready", self.ready)
+        except BaseException:
+            self.stop()
+            raise
+
+    def ready(self) -> bool:
+        """Every node sees the cluster as ok, and every master has its replicas."""
+        if not all("cluster_state:ok" in command(node.port, "CLUSTER", "INFO") for node in self.nodes):
+            return False
+        return all(self.replica_count(node) >= self.replicas for node in self.masters())
+
+    def role(self, node: PrivateRedis) -> str:
+        reply = command(node.port, "ROLE")
+        return reply.splitlines()[0] if reply else ""
+
+    def replica_count(self, node: PrivateRedis) -> int:
+        info = command(node.port, "INFO", "replication")
+        for line in info.splitlines():
+            if line.startswith("connected_slaves:"):
+                return int(line.split(":", 1)[1])
+        return 0
+
+    def masters(self) -> list[PrivateRedis]:
+        return [node for node in self.nodes if node.process is not None and self.role(node) == "master"]
+
+    def flush(self) -> None:
+        """Empty every master (the run's own servers): what one test stored is gone for the next."""
+        for node in self.masters():
+            command(node.port, "FLUSHALL")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class RedisSentinel:
+    """A master, one replica and one sentinel (quorum 1) watching them as ``mymaster``."""
+
+    service = "mymaster"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        (directory / "master").mkdir(parents=True)
+        (directory / "replica").mkdir()
+        self.master = PrivateRedis(directory / "master")
+        self.replica = PrivateRedis(directory / "replica", "--replicaof", "127.0.0.1", str(self.master.port))
+        self.sentinel_port = free_port()
+        self.sentinel: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}"
+
+    def start(self) -> None:
+        try:
+            self.master.start()
+            self.replica.start()
+            _wait("the replica to sync", lambda: "master_link_status:up" in command(self.replica.port, "INFO"))
+            config = self.directory / "sentinel.conf"
+            config.write_text(
+                f"port {self.sentinel_port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {self.directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.service} {NODE_TIMEOUT_MS}\n"
+                f"sentinel failover-timeout {self.service} 10000\n"
+            )
+            self.sentinel = subprocess.Popen(
+                [REDIS_SERVER, str(config), "--sentinel", "--logfile", str(self.directory / "sentinel.log")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _wait("the sentinel to see the replica", lambda: self.sentinel_sees_replica())
+        except BaseException:
+            self.stop()
+            raise
+
+    def sentinel_sees_replica(self) -> bool:
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", self.sentinel_port), timeout=0.5):
+                pass
+            return str(self.replica.port) in command(self.sentinel_port, "SENTINEL", "REPLICAS", self.service)
+        return False
+
+    def master_port(self) -> int:
+        """The master's port as the sentinel names it now."""
+        reply = command(self.sentinel_port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service).splitlines()
+        return int(reply[1])
+
+    def failover(self) -> int:
+        """``SENTINEL FAILOVER`` once the replica has every write; the new master's port once it serves."""
+        old = self.master_port()
+        current = self.master if old == self.master.port else self.replica
+        command(current.port, "WAIT", "1", "2000")
+        reply = command(self.sentinel_port, "SENTINEL", "FAILOVER", self.service)
+        if reply != "OK":
+            raise RuntimeError(f"SENTINEL FAILOVER answered {reply!r}")
+        _wait("the failover", lambda: self.master_port() != old)
+        new = self.master_port()
+        _wait("the new master to accept writes", lambda: command(new, "ROLE").startswith("master"))
+        return new
+
+    def stop(self) -> None:
+        process, self.sentinel = self.sentinel, None
+        stop_process(process)
+        self.replica.stop()
+        self.master.stop()
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path) -> Iterator[RedisCluster]:
+    require_executable(REDIS_SERVER, REDIS_SERVER)
+    require_executable(REDIS_CLI, REDIS_CLI)
+    cluster = RedisCluster(directory)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@contextlib.contextmanager
+def running_sentinel(directory: Path) -> Iterator[RedisSentinel]:
+    require_executable(REDIS_SERVER, REDIS_SERVER)
+    require_executable(REDIS_CLI, REDIS_CLI)
+    topology = RedisSentinel(directory)
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
