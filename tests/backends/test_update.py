@@ -111,7 +111,7 @@ async def test_update_of_a_corrupt_session_is_refused_and_logged(
     """A stored session that is not JSON is treated as missing by update (never half-merged) and logged."""
     key = keys.new_key()
     await server_backend.save(key, {"v": 1}, DAY)
-    await server_backend._save(keys.storage_key(key), '{"user": "alice", "tru', DAY, False)
+    await server_backend._save(server_backend._storage_key(key), '{"user": "alice", "tru', DAY, False)
     with caplog.at_level(logging.WARNING, logger="asession.security"), pytest.raises(UpdateError):
         await server_backend.update(key, {"a": 1}, (), DAY)
     assert [r for r in caplog.records if r.name == "asession.security"]
