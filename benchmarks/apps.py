@@ -273,6 +273,12 @@ def _memory() -> Any:
     return MemoryBackend()
 
 
+def _memory_encrypted() -> Any:
+    from asession.backends.memory import MemoryBackend
+
+    return MemoryBackend(encrypt_at_rest=True)
+
+
 def _sqlite() -> Any:
     from asession.backends.db import DatabaseBackend
 
@@ -299,6 +305,12 @@ def _redis() -> Any:
     return CacheBackend(settings("BENCH_REDIS_URL"))
 
 
+def _redis_encrypted() -> Any:
+    from asession.backends.cache import CacheBackend
+
+    return CacheBackend(settings("BENCH_REDIS_URL"), encrypt_at_rest=True)
+
+
 def _memcached() -> Any:
     from asession.backends.cache import CacheBackend
 
@@ -323,6 +335,12 @@ def _signed_cookies() -> Any:
     from asession.backends.signed_cookies import SignedCookieBackend
 
     return SignedCookieBackend(SECRET_KEY)
+
+
+def _encrypted_cookies() -> Any:
+    from asession.backends.encrypted_cookies import EncryptedCookieBackend
+
+    return EncryptedCookieBackend(SECRET_KEY)
 
 
 # -- the table -----------------------------------------------------------------------------------------
@@ -395,6 +413,28 @@ VARIANTS: dict[str, Variant] = {
             "asession-cached-db", "asession CachedDatabaseBackend (SQLite + memory)", "asession", _asession(_cached_db)
         ),
         Variant("asession-signed-cookies", "asession SignedCookieBackend", "asession", _asession(_signed_cookies)),
+        Variant(
+            "asession-encrypted-cookies",
+            "asession EncryptedCookieBackend (AES-256-GCM)",
+            "asession",
+            _asession(_encrypted_cookies),
+            default=False,
+        ),
+        Variant(
+            "asession-memory-encrypted",
+            "asession MemoryBackend, encrypt_at_rest=True",
+            "asession",
+            _asession(_memory_encrypted),
+            default=False,
+        ),
+        Variant(
+            "asession-redis-encrypted",
+            "asession CacheBackend (Redis), encrypt_at_rest=True",
+            "asession",
+            _asession(_redis_encrypted),
+            ("redis",),
+            default=False,
+        ),
         Variant(
             "ref-redis-minimal",
             "reference: minimal redis-py GET/SET middleware",

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from asession import keys, serializers, users
+from asession import encryption, keys, serializers, users
 from asession.changes import Changes
 from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError, UpdateError
 
@@ -33,9 +33,16 @@ __all__ = ["DEFAULT_MAX_SIZE", "BackendState", "SessionBackend"]
 #: The largest serialized session a backend stores or loads, in bytes (1 MiB).
 DEFAULT_MAX_SIZE = 1024 * 1024
 _CREATE_ATTEMPTS = 10
+#: Plaintext sessions one backend remembers between their load and their save (see ``_decrypt``).
+_PLAINTEXT_LOADED_SIZE = 4096
 T = TypeVar("T")
 
 security_logger = logging.getLogger("asession.security")
+
+
+def _raw(key: str | keys.ValidKey) -> str:
+    """The session key itself (what the cookie holds), from a key checked by ``_skey``."""
+    return key.raw if type(key) is keys.ValidKey else key  # type: ignore[return-value]
 
 
 class BackendState(enum.Enum):
@@ -56,6 +63,12 @@ class SessionBackend(ABC):
 
     ``max_size`` bounds the serialized size of one session: saving more raises :class:`SessionError`
     and stored data over the limit loads as ``None`` and is logged on ``asession.security``.
+
+    ``encrypt_at_rest=True`` (server-side stores only; needs the ``crypto`` extra) stores each item of the
+    data encrypted with keys derived from the raw session key, which the store never sees
+    (:mod:`asession.encryption`): a dump then holds neither cookies nor data, only the per-user index's
+    metadata and user id. ``max_size`` then bounds the encrypted form, about 4/3 of the JSON plus 60 bytes per
+    item. Sessions stored before it was turned on still load, and are encrypted by their next save.
     """
 
     #: Server-side stores keep ``sha256(key)`` instead of the key, so a dump reveals no usable cookie.
@@ -77,11 +90,23 @@ class SessionBackend(ABC):
     #: whose data travels in the cookie, which the server can neither list nor end.
     indexes: ClassVar[bool] = True
 
-    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE, encrypt_at_rest: bool = False) -> None:
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
             raise ValueError(f"max_size must be a positive number of bytes, not {max_size!r}.")
         self.max_size = max_size
         self._state = BackendState.UNOPENED
+        if encrypt_at_rest:
+            if not self.hashes_keys:
+                raise ImproperlyConfigured(
+                    f"{type(self).__name__} keeps its sessions in the cookie: encrypt_at_rest is for server-side "
+                    "stores. Use EncryptedCookieBackend for a cookie the visitor cannot read."
+                )
+            encryption.require_cryptography(f"{type(self).__name__}(encrypt_at_rest=True)")
+        #: Whether the data is stored encrypted under keys derived from the raw session key.
+        self.encrypt_at_rest = bool(encrypt_at_rest)
+        #: Storage keys of sessions loaded with plaintext items (stored before encrypt_at_rest was on), for
+        #: their next save to encrypt. Emptied when full: a forgotten one is found again by its next load.
+        self._plaintext_loaded: dict[str, bool] = {}
 
     @classmethod
     def from_url(cls, url: str) -> SessionBackend:
@@ -196,6 +221,8 @@ class SessionBackend(ABC):
             raise self._unavailable("load a session", exc) from exc
         if raw is None:
             return None
+        if self.encrypt_at_rest:
+            return self._decrypt(key, skey, raw)
         return self._decode(raw)
 
     def _decode(self, raw: str | bytes) -> dict[str, Any] | None:
@@ -222,6 +249,46 @@ class SessionBackend(ABC):
             )
         return payload
 
+    # -- encryption at rest (asession/encryption.py) ------------------------------------------------
+
+    def _decrypt(self, key: str | keys.ValidKey, skey: str, raw: str | bytes) -> dict[str, Any] | None:
+        """The data of an encrypted stored session; ``None`` (logged) when any item fails to authenticate."""
+        stored = self._decode(raw)
+        if stored is None:
+            return None
+        try:
+            raw_key: str = key.raw if type(key) is keys.ValidKey else key  # type: ignore[assignment]
+            data, plaintext = encryption.cipher_for(raw_key).open(stored)
+        except (ValueError, UnicodeDecodeError) as exc:
+            security_logger.warning(
+                "%s: encrypted session data does not authenticate (%s); treated as empty.", type(self).__name__, exc
+            )
+            return None
+        if plaintext:  # stored before encrypt_at_rest was on: the next save encrypts it
+            found = self._plaintext_loaded
+            if len(found) >= _PLAINTEXT_LOADED_SIZE:
+                found.clear()
+            found[skey] = True
+        return data
+
+    async def _upgrade_changes(self, key: str | keys.ValidKey, skey: str, changes: Changes) -> Changes:
+        """``changes`` on the encrypted items of a session loaded with plaintext items, and their encryption.
+
+        The plaintext items are read again here, just before the merge, and written encrypted by it (their
+        plaintext removed) unless the request changed them: a parallel request's change to one of them made
+        between this read and the merge would be undone, once, on the first save after encryption was
+        turned on. Items already encrypted are never rewritten but by their own changes.
+        """
+        self._plaintext_loaded.pop(skey, None)
+        cipher = encryption.cipher_for(_raw(key))
+        if changes.replace:
+            return cipher.seal_changes(changes)
+        raw = await self._load(skey)
+        stored = None if raw is None else self._decode(raw)
+        if stored is None:
+            return cipher.seal_changes(changes)  # gone or corrupt: the merge refuses it
+        return cipher.upgrade(stored, changes)
+
     async def save(
         self, key: str | keys.ValidKey, data: Mapping[str, Any], expiry_age: int, must_create: bool = False
     ) -> None:
@@ -237,6 +304,9 @@ class SessionBackend(ABC):
         skey = self._skey(key)
         if skey is None:
             raise SessionError(f"Refusing to store a session under the malformed key {key!r}.")
+        if self.encrypt_at_rest:
+            data = encryption.cipher_for(_raw(key)).seal(data)
+            self._plaintext_loaded.pop(skey, None)  # the whole record is replaced: nothing plaintext is left
         payload = self._encode(data)
         try:
             if expiry_age <= 0:
@@ -295,6 +365,12 @@ class SessionBackend(ABC):
             if expiry_age <= 0:
                 await self._delete(skey)
                 return
+            if self.encrypt_at_rest:
+                if self._plaintext_loaded and skey in self._plaintext_loaded:
+                    changes = await self._upgrade_changes(key, skey, changes)
+                else:
+                    raw_key: str = key.raw if type(key) is keys.ValidKey else key  # type: ignore[assignment]
+                    changes = encryption.cipher_for(raw_key).seal_changes(changes)
             await self._update(skey, changes, int(expiry_age))
         except (SessionError, TypeError):
             # TypeError: a value JSON cannot carry, named by the merge's encoding before anything is written.

@@ -87,8 +87,15 @@ class CachedDatabaseBackend(SessionBackend):
     hashes_keys: ClassVar[bool] = True
     expires_by_itself: ClassVar[bool] = False
 
-    def __init__(self, db: DatabaseBackend, cache: CacheBackend, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        super().__init__(max_size=max_size)
+    def __init__(
+        self,
+        db: DatabaseBackend,
+        cache: CacheBackend,
+        *,
+        max_size: int = DEFAULT_MAX_SIZE,
+        encrypt_at_rest: bool = False,
+    ) -> None:
+        super().__init__(max_size=max_size, encrypt_at_rest=encrypt_at_rest)
         if not isinstance(db, DatabaseBackend):
             raise ImproperlyConfigured(
                 f"CachedDatabaseBackend needs a DatabaseBackend as its db, not {db!r}. Use e.g. "

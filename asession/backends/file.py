@@ -114,9 +114,11 @@ class FileBackend(SessionBackend):
     Needs the ``file`` extra (aiofiles).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_size: int = DEFAULT_MAX_SIZE, encrypt_at_rest: bool = False
+    ) -> None:
         require("aiofiles", "FileBackend", "file")
-        super().__init__(max_size=max_size)
+        super().__init__(max_size=max_size, encrypt_at_rest=encrypt_at_rest)
         if not os.path.isdir(path):
             raise ImproperlyConfigured(
                 f"The session storage path '{os.fspath(path)}' doesn't exist. Please set the file backend's "

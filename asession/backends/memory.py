@@ -21,8 +21,8 @@ class MemoryBackend(SessionBackend):
     #: Nothing here ever waits, so ``store_timeout`` has nothing to bound.
     waits = False
 
-    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
-        super().__init__(max_size=max_size)
+    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE, encrypt_at_rest: bool = False) -> None:
+        super().__init__(max_size=max_size, encrypt_at_rest=encrypt_at_rest)
         self._data: dict[str, tuple[str, float]] = {}
 
     @classmethod

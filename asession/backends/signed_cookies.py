@@ -1,4 +1,4 @@
-"""SignedCookieBackend: the session travels in the cookie, signed and timestamped with itsdangerous.
+"""SignedCookieBackend: the session travels in the cookie, signed (HMAC-SHA256) and timestamped.
 
 As in Django's ``signed_cookies`` backend the session key *is* the signed payload, so nothing is stored on
 the server: :meth:`SignedCookieBackend.create` returns a new payload for every save, and ``save``/``delete``
@@ -6,32 +6,51 @@ have nothing to do. Unlike Django, the absolute expiry time is signed into the p
 ``set_expiry`` is honoured and a stolen cookie stops working when the session would have expired.
 
 The data is signed, not encrypted: the visitor can read it (base64 and maybe zlib), only not change it.
+:class:`~asession.backends.encrypted_cookies.EncryptedCookieBackend` hides it too.
+
+The cookie is itsdangerous' ``URLSafeSerializer`` format (salt, ``django-concat`` key derivation,
+HMAC-SHA256), computed here with :mod:`hashlib` states prepared once per key instead of through
+itsdangerous' layers, which cost more than the rest of a request's session handling (issue 13). Cookies
+made by earlier versions verify, and the cookies made now verify with itsdangerous. Two things differ
+from itsdangerous' own output, both still valid in its format: payloads under :data:`COMPRESS_FROM` bytes
+are not compressed (zlib never shortens them by more than a byte or two, and setting it up costs
+more than the whole signature), and zlib runs with a 4 KiB window, the most a cookie can hold.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
 import secrets
+import zlib
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
-from asession import expiry
+from asession.backends import _cookies
+from asession.backends._cookies import COOKIE_ALLOWANCE, MAX_COOKIE_SIZE, MAX_PAYLOAD_SIZE, MIN_SECRET_KEY_LENGTH
 from asession.backends._extras import require
-from asession.backends.base import DEFAULT_MAX_SIZE, SessionBackend, security_logger
-from asession.changes import Changes
-from asession.exceptions import CreateError, ImproperlyConfigured, SessionError
+from asession.backends.base import DEFAULT_MAX_SIZE, security_logger
+from asession.encryption import HmacKey
 
-__all__ = ["COOKIE_ALLOWANCE", "MAX_COOKIE_SIZE", "MAX_PAYLOAD_SIZE", "MIN_SECRET_KEY_LENGTH", "SignedCookieBackend"]
+__all__ = [
+    "COMPRESS_FROM",
+    "COOKIE_ALLOWANCE",
+    "MAX_COOKIE_SIZE",
+    "MAX_PAYLOAD_SIZE",
+    "MIN_SECRET_KEY_LENGTH",
+    "SignedCookieBackend",
+]
 
-#: What browsers keep of one cookie: name, ``=``, value and attributes (RFC 6265 asks for 4096 bytes).
-MAX_COOKIE_SIZE = 4096
-#: Bytes left for the cookie's name, ``=`` and attributes (Path, Domain, Max-Age, Expires, flags). The
-#: backend does not know them, so it assumes they fit in this much.
-COOKIE_ALLOWANCE = 200
-#: The longest signed payload (the cookie value) :meth:`SignedCookieBackend.create` produces.
-MAX_PAYLOAD_SIZE = MAX_COOKIE_SIZE - COOKIE_ALLOWANCE
-#: Shorter secrets are refused: ``secrets.token_urlsafe(32)`` makes a good one.
-MIN_SECRET_KEY_LENGTH = 32
+#: Payloads shorter than this many bytes are signed uncompressed (see the module's docstring).
+COMPRESS_FROM = 128
+#: zlib's window (2**12 = 4 KiB, as long as any cookie) and memory level: a compressor of about 30 KB, where
+#: zlib's defaults allocate some 260 KB (and fault in fresh pages) on every call.
+_ZLIB_WBITS = 12
+_ZLIB_MEMLEVEL = 5
+#: A signed payload inflates to at most this many bytes: more is not a session this backend made.
+_MAX_INFLATED = 64 * MAX_COOKIE_SIZE
 
 #: The alphabet of itsdangerous' URL-safe payloads: URL-safe base64, plus ``.`` between the parts.
 _PAYLOAD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -43,17 +62,19 @@ _SIGNATURE_LENGTH = 43
 _CANONICAL_LAST = frozenset("AEIMQUYcgkosw048")
 _MIN_PAYLOAD_LENGTH = 1 + 1 + _SIGNATURE_LENGTH
 _SEPARATOR = ":"
+_NAME = "SignedCookieBackend"
 
 
-class _Text:
-    """The itsdangerous "serializer" for text asession has already serialized, so JSON is written once."""
-
-    dumps = staticmethod(str)
-    loads = staticmethod(str)
+def _b64encode(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
-class SignedCookieBackend(SessionBackend):
-    """Keep the whole session in the cookie, signed with ``secret_key`` (HMAC-SHA256 via itsdangerous).
+def _b64decode(text: bytes) -> bytes:
+    return base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
+
+
+class SignedCookieBackend(_cookies.CookieBackend):
+    """Keep the whole session in the cookie, signed with ``secret_key`` (HMAC-SHA256, itsdangerous' format).
 
     ``fallback_keys`` are older secrets, newest first, that still verify cookies but never sign: put the
     old secret there when rotating so nobody is logged out. ``salt`` separates these signatures from any
@@ -67,17 +88,9 @@ class SignedCookieBackend(SessionBackend):
     warnings on ``asession.security``.
 
     Raises :class:`ImproperlyConfigured` at construction when itsdangerous is missing (the ``cookies``
-    extra) or a key is empty, not text, or (for ``secret_key``) shorter than
+    extra, whose format this is) or a key is empty, not text, or (for ``secret_key``) shorter than
     :data:`MIN_SECRET_KEY_LENGTH` characters.
     """
-
-    #: The payload is the key and is public anyway: there is nothing stored to hide it from.
-    hashes_keys: ClassVar[bool] = False
-    merges: ClassVar[bool] = False
-    #: The server keeps nothing, so it can neither list a user's sessions nor end one.
-    indexes: ClassVar[bool] = False
-    #: Nothing is stored, so nothing waits: ``store_timeout`` has nothing to bound.
-    waits = False
 
     def __init__(
         self,
@@ -87,38 +100,14 @@ class SignedCookieBackend(SessionBackend):
         salt: str = "asession.signed_cookies",
         max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
-        require("itsdangerous", "SignedCookieBackend", "cookies")
-        import itsdangerous
-
+        # The format is itsdangerous'; the extra stays this backend's dependency, as the cookies are its.
+        require("itsdangerous", _NAME, "cookies")
         super().__init__(max_size=max_size)
-        _check_secret(secret_key, "secret_key")
-        if len(secret_key) < MIN_SECRET_KEY_LENGTH:
-            raise ImproperlyConfigured(
-                f"SignedCookieBackend's secret_key is {len(secret_key)} characters long; it needs at least "
-                f"{MIN_SECRET_KEY_LENGTH} random ones. Generate one with "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
-            )
-        if isinstance(fallback_keys, (str, bytes)):
-            raise ImproperlyConfigured(
-                "SignedCookieBackend's fallback_keys must be a list of old secret keys, not a single key: "
-                "write fallback_keys=[old_key]."
-            )
-        fallbacks = list(fallback_keys)
-        for index, key in enumerate(fallbacks):
-            # Old keys are not held to today's minimum length, so a weak secret can be rotated out.
-            _check_secret(key, f"fallback_keys[{index}]")
-        # itsdangerous signs with the last key and verifies newest first, so the oldest comes first.
-        self._serializer: itsdangerous.URLSafeSerializer = itsdangerous.URLSafeSerializer(
-            [_as_bytes(key) for key in (*reversed(fallbacks), secret_key)],
-            salt=salt,
-            serializer=_Text,
-            signer_kwargs={"digest_method": hashlib.sha256},
-        )
-        self._bad_data = itsdangerous.BadData
+        secrets_newest_first = _cookies.check_secrets(_NAME, secret_key, fallback_keys)
+        # itsdangerous' "django-concat" key derivation: sha256(salt + b"signer" + secret).
+        prefix = salt.encode("utf-8") + b"signer"
+        self._signers = [HmacKey(hashlib.sha256(prefix + secret).digest()) for secret in secrets_newest_first]
         self.salt = salt
-
-    def _describe(self) -> str:
-        return f"{self._state.name.lower()}, salt={self.salt!r}"
 
     def accepts_key(self, key: object) -> bool:
         """Tell whether ``key`` looks like one of our payloads: URL-safe base64 and ``.``, 45 to 4096 long.
@@ -142,67 +131,55 @@ class SignedCookieBackend(SessionBackend):
         """
         self._check_open()
         payload = self._encode(data)
-        expires_at = int(expiry.timestamp()) + int(expiry_age)
-        signed: str = self._serializer.dumps(f"{expires_at}{_SEPARATOR}{secrets.token_urlsafe(6)}{_SEPARATOR}{payload}")
-        if len(signed) > MAX_PAYLOAD_SIZE:
-            raise SessionError(
-                f"The signed session cookie would be {len(signed)} bytes, over the {MAX_PAYLOAD_SIZE} bytes "
-                f"SignedCookieBackend allows so that the whole cookie fits in the {MAX_COOKIE_SIZE} bytes "
-                "browsers keep. Store less in the session, or use a server-side backend."
-            )
+        nonce = secrets.token_urlsafe(6)
+        text = f"{_cookies.expires_at(expiry_age)}{_SEPARATOR}{nonce}{_SEPARATOR}{payload}".encode()
+        body = _b64encode(text)
+        if len(text) >= COMPRESS_FROM:
+            compressor = zlib.compressobj(6, zlib.DEFLATED, _ZLIB_WBITS, _ZLIB_MEMLEVEL)
+            compressed = compressor.compress(text) + compressor.flush()
+            if len(compressed) < len(text) - 1:  # itsdangerous' rule
+                body = b"." + _b64encode(compressed)
+        signed = (body + b"." + _b64encode(self._signers[0].digest(body))).decode("ascii")
+        _cookies.check_size(_NAME, "signed", signed)
         return signed
 
     def _verify(self, payload: str) -> str | None:
         """Return the session JSON signed into ``payload``, or ``None`` (logged) when it cannot be trusted."""
-        try:
-            text: str = self._serializer.loads(payload)
-        except self._bad_data:
+        text = self._unsign(payload)
+        if text is None:
             security_logger.warning(
                 "SignedCookieBackend: session cookie with a bad signature (tampered with, or signed with a key "
                 "or salt this backend does not know); treated as empty."
             )
             return None
-        expires_at, _, rest = text.partition(_SEPARATOR)
-        _nonce, _, data = rest.partition(_SEPARATOR)
-        if not data or not (expires_at.isascii() and expires_at.isdigit()):
-            security_logger.warning("SignedCookieBackend: signed session payload is malformed; treated as empty.")
+        rest = _cookies.split_expiry(_NAME, text)
+        if rest is None:
             return None
-        if int(expires_at) <= expiry.timestamp():
-            security_logger.debug("SignedCookieBackend: session cookie expired; treated as empty.")
+        _nonce, _, data = rest.partition(_SEPARATOR)
+        if not data:
+            security_logger.warning("SignedCookieBackend: signed session payload is malformed; treated as empty.")
             return None
         return data
 
-    async def _load(self, skey: str) -> str | None:
-        return self._verify(skey)
-
-    async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None:
-        # Nothing is stored: the data lives in the key the caller holds, and create() makes new keys.
-        if must_create and self._verify(skey) is not None:
-            raise CreateError("This signed session payload is valid already; call create() for a new one.")
-
-    async def _update(self, skey: str, changes: Changes, expiry_age: int) -> str | None:
-        raise NotImplementedError(
-            "SignedCookieBackend cannot merge concurrent saves: the data travels in the cookie, so the last "
-            "response's cookie wins. Session.save() writes the whole session with create() instead."
-        )
-
-    async def _exists(self, skey: str) -> bool:
-        return self._verify(skey) is not None
-
-    async def _delete(self, skey: str) -> None:
-        """Nothing to forget on the server: the middleware expires the cookie of a flushed session."""
-
-    async def _clear_expired(self) -> int:
-        # Expired payloads are refused when read; there is no store to sweep.
-        return 0
-
-
-def _as_bytes(key: str | bytes) -> bytes:
-    return key.encode("utf-8") if isinstance(key, str) else key
-
-
-def _check_secret(key: object, name: str) -> None:
-    if not isinstance(key, (str, bytes)):
-        raise ImproperlyConfigured(f"SignedCookieBackend's {name} must be a str or bytes, not {type(key).__name__}.")
-    if not key:
-        raise ImproperlyConfigured(f"SignedCookieBackend's {name} is empty; it must be a long random secret.")
+    def _unsign(self, payload: str) -> str | None:
+        """The text signed into ``payload`` (checked by :meth:`accepts_key`) by any key, or ``None``."""
+        signed = payload.encode("ascii")
+        body, separator, signature = signed.rpartition(b".")
+        if not separator:
+            return None
+        for signer in self._signers:  # newest first; every key is tried on a forgery, whatever it holds
+            if hmac.compare_digest(_b64encode(signer.digest(body)), signature):
+                break
+        else:
+            return None
+        try:
+            if body[:1] == b".":
+                inflater = zlib.decompressobj()
+                raw = inflater.decompress(_b64decode(body[1:]), _MAX_INFLATED)
+                if inflater.unconsumed_tail:
+                    return None
+            else:
+                raw = _b64decode(body)
+            return raw.decode("utf-8")
+        except (binascii.Error, ValueError, zlib.error):
+            return None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import logging
 import secrets
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -250,3 +254,49 @@ def test_missing_itsdangerous_raises_at_construction(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "itsdangerous", None)
     with pytest.raises(ImproperlyConfigured, match=r"pip install 'asession\[cookies\]'"):
         SignedCookieBackend(SECRET)
+
+
+def _itsdangerous_serializer(secret: str) -> object:
+    """itsdangerous as earlier versions of this backend signed with it: the format the cookies keep."""
+    import itsdangerous
+
+    class Raw:
+        dumps = staticmethod(str)
+        loads = staticmethod(str)
+
+    return itsdangerous.URLSafeSerializer(
+        secret,
+        salt="asession.signed_cookies",
+        serializer=Raw,
+        signer_kwargs={"digest_method": hashlib.sha256},
+    )
+
+
+async def test_cookies_keep_itsdangerous_format_both_ways(signed: SignedCookieBackend) -> None:
+    """Cookies signed now verify with itsdangerous, and cookies itsdangerous signed (earlier versions) load."""
+    reference: Any = _itsdangerous_serializer(SECRET)
+    small, repetitive = {"n": 1}, {"cart": ["the same item"] * 200}
+    for data in (small, repetitive):
+        text = reference.loads(await signed.create(data, DAY))
+        assert text.endswith(json.dumps(data, separators=(",", ":")))
+        earlier = reference.dumps(f"{int(time.time()) + DAY}:nonce:{json.dumps(data)}")
+        assert earlier.startswith(".") is (data is repetitive)
+        assert await signed.load(earlier) == data
+    # An itsdangerous cookie of the old secret: loads through fallback_keys, as a rotation needs.
+    cookie = reference.dumps(f"{int(time.time()) + DAY}:nonce:{{}}")
+    old_cookie = _itsdangerous_serializer(OLD_SECRET).dumps(f"{int(time.time()) + DAY}:nonce:{{}}")  # type: ignore[attr-defined]
+    async with SignedCookieBackend(SECRET, fallback_keys=[OLD_SECRET]) as rotated:
+        assert await rotated.load(old_cookie) == await rotated.load(cookie) == {}
+    assert await signed.load(old_cookie) is None
+
+
+async def test_an_inflating_signed_payload_is_refused(signed: SignedCookieBackend) -> None:
+    """A validly signed zlib payload that would inflate past 256 KiB is not taken in."""
+    import zlib
+
+    bomb = zlib.compress(b"9999999999:nonce:" + b"{" + b" " * 1_000_000 + b"}", 9)
+    body = b"." + base64.urlsafe_b64encode(bomb).rstrip(b"=")
+    signature = signed._signers[0].digest(body)
+    cookie = (body + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+    assert signed.accepts_key(cookie)
+    assert await signed.load(cookie) is None
