@@ -30,7 +30,9 @@ class Statements:
     """The SQL of one table, in a dialect's placeholder style and float type.
 
     Parameters, in order: ``save`` and ``update`` take (skey, payload, expire_at); ``create`` takes
-    (skey, payload, expire_at, now) and changes no row when a live row holds the key; ``load``,
+    (skey, payload, expire_at, now) and changes no row when a live row holds the key; ``update_if`` takes
+    (skey, payload, expire_at, now, expected) and changes the row only while it is live and holds exactly
+    the ``expected`` payload (a compare-and-set, PostgreSQL's one-round-trip update; optional); ``load``,
     ``load_for_update``, ``load_entry`` and ``exists`` take (skey, now); ``delete`` takes (skey);
     ``clear_expired`` takes (now). ``load_for_update`` is ``load`` with the dialect's row lock (``FOR
     UPDATE`` on PostgreSQL; nothing on SQLite, whose ``BEGIN IMMEDIATE`` already holds the write lock).
@@ -47,6 +49,8 @@ class Statements:
     create: str
     delete: str
     clear_expired: str
+    #: Empty where a dialect or a caller's own statements do without it (SQLite; Django's columns).
+    update_if: str = ""
 
     @classmethod
     def build(cls, table: str, *, placeholder: str, float_type: str, row_lock: str = "") -> Statements:
@@ -71,6 +75,10 @@ class Statements:
             save=upsert,
             # Run only after load_for_update found the row live in the same transaction, so it exists.
             update=f"UPDATE {t} SET session_data = $2, expire_at = $3 WHERE session_key = $1",
+            update_if=(
+                f"UPDATE {t} SET session_data = $2, expire_at = $3 "
+                "WHERE session_key = $1 AND expire_at > $4 AND session_data = $5"
+            ),
             # One statement, so the existence check and the write are atomic: an expired row is
             # overwritten, a live one is left alone and the statement reports no changed row.
             create=f"{upsert} WHERE {t}.expire_at <= $4",

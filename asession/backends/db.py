@@ -56,10 +56,11 @@ class DatabaseBackend(SessionBackend):
     ``asession``). The table (default ``asession_sessions``) and its ``expire_at`` index are created on
     :meth:`open` when missing.
 
-    :meth:`update` merges a request's changes into the row as stored now, in one transaction: on SQLite
-    inside the write lock of a batch, on PostgreSQL under a row lock (``SELECT ... FOR UPDATE``). Two
-    processes updating one session, or an update racing a delete, never lose a key or bring a deleted
-    session back.
+    :meth:`update` merges a request's changes into the row as stored now, atomically: on SQLite inside the
+    write lock of a batch; on PostgreSQL with one compare-and-set ``UPDATE`` of the payload the request
+    loaded, or, when the row changed since, in one transaction under the row lock (``SELECT ... FOR
+    UPDATE``). Two processes updating one session, or an update racing a delete, never lose a key or bring
+    a deleted session back.
 
     Nothing waits forever. On PostgreSQL each operation (waiting for a free pooled connection, then the
     query) fails after ``command_timeout`` seconds (default 5) with
@@ -90,8 +91,9 @@ class DatabaseBackend(SessionBackend):
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         statement_cache_size: int | None = None,
         max_size: int = DEFAULT_MAX_SIZE,
+        encrypt_at_rest: bool = False,
     ) -> None:
-        super().__init__(max_size=max_size)
+        super().__init__(max_size=max_size, encrypt_at_rest=encrypt_at_rest)
         if (
             isinstance(command_timeout, bool)
             or not isinstance(command_timeout, (int, float))
@@ -117,8 +119,8 @@ class DatabaseBackend(SessionBackend):
         scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
         if scheme in _POSTGRES_SCHEMES:
             self.dialect = "postgresql"
-            # asyncpg answers a cancellation by talking to the server (cancel request, connection reset).
-            self.prompt_cancellation = False
+            # A cancelled call ends at once: the driver's pool settles the connection (asyncpg's cancel request,
+            # a rollback) in the background, so store_timeout needs no task per call (asession.deadline).
             self.driver = self._postgres_driver(
                 min_pool_size, max_pool_size, self.command_timeout, statement_cache_size
             )
