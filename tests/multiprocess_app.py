@@ -90,7 +90,15 @@ async def healthz(request: Request) -> Response:
 
 
 def create_app() -> Starlette:
-    """The app on the backend named by ``$ASESSION_TEST_BACKEND_URL``, opened by the lifespan."""
+    """The app on the backend named by ``$ASESSION_TEST_BACKEND_URL``, opened by the lifespan.
+
+    With ``$ASESSION_TEST_KEY_LOG`` set, the storage keys it computes go to that file, for the test to
+    delete from a shared server afterwards.
+    """
+    from tests.servers import KEY_LOG_ENV, log_keys_to
+
+    if os.environ.get(KEY_LOG_ENV):
+        log_keys_to(os.environ[KEY_LOG_ENV])
     backend = backend_from_url(os.environ[BACKEND_ENV])
     routes = [
         Route("/session", show),

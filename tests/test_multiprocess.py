@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,24 +20,39 @@ pytestmark = pytest.mark.multiprocess
         pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
-def shared_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of a server both processes use; what the test stored is removed afterwards."""
-    from tests.servers import clean_postgres, clean_redis
+def shared_url(request: pytest.FixtureRequest, key_log: Path) -> Iterator[str]:
+    """The URL of a server both processes use; what the test stored is removed afterwards.
+
+    PostgreSQL: the run's own schema, emptied. Redis: the keys the processes logged to ``key_log``, deleted.
+    """
+    from tests.servers import clean_postgres, clean_redis, read_key_log
 
     url: str = request.getfixturevalue(f"{request.param}_url")
-    clean = clean_redis if request.param == "redis" else clean_postgres
     yield url
-    asyncio.run(clean(url))
+    if request.param == "redis":
+        asyncio.run(clean_redis(url, read_key_log(key_log)))
+    else:
+        asyncio.run(clean_postgres(url))
 
 
 @pytest.fixture
-def servers(shared_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+def key_log(tmp_path: Path) -> Path:
+    """The file where the server processes write the storage keys they compute (see tests/servers.py)."""
+    return tmp_path / "stored-keys.txt"
+
+
+@pytest.fixture
+def servers(shared_url: str, key_log: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two uvicorn processes of tests.multiprocess_app on free ports, always stopped afterwards."""
+    from tests.servers import KEY_LOG_ENV
+
     started: list[ServerProcess] = []
     try:
         for _ in range(2):
             port = free_port()
-            server = ServerProcess(uvicorn_command(port), port, env={BACKEND_ENV: shared_url})
+            server = ServerProcess(
+                uvicorn_command(port), port, env={BACKEND_ENV: shared_url, KEY_LOG_ENV: str(key_log)}
+            )
             started.append(server)
             server.start()
         yield started[0], started[1]

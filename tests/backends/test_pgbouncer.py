@@ -46,9 +46,9 @@ def test_statement_cache_size_is_taken_out_of_the_url() -> None:
 
 
 async def test_synchronous_commit_off_reaches_postgresql(postgres_url: str) -> None:
-    from tests.servers import clean_postgres
+    from tests.servers import clean_postgres, with_query
 
-    async with DatabaseBackend(f"{postgres_url}?synchronous_commit=off") as backend:
+    async with DatabaseBackend(with_query(postgres_url, synchronous_commit="off")) as backend:
         async with backend.driver.pool.acquire() as connection:  # type: ignore[attr-defined]
             assert await connection.fetchval("SHOW synchronous_commit") == "off"
         key = await backend.create({"a": 1}, 60)
