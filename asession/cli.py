@@ -8,7 +8,8 @@
 
 Exit codes: 0 on success, 1 when the session store could not be reached or failed, 2 for a usage or
 configuration error (bad arguments, an invalid user or session id, an unknown URL scheme, a missing extra,
-a SQLite database file that does not exist), 3 when ``asession revoke`` found no live session to end.
+a SQLite database file that does not exist, a demo port that is not one or cannot be listened on), 3 when
+``asession revoke`` found no live session to end. Every error is one line on stderr.
 ``python -m asession`` runs the same command.
 """
 
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
@@ -69,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the demo app (sign in, a visit counter, a cart, sign out) with uvicorn.",
     )
     demo.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
-    demo.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    # Checked by _port() rather than type=int, so a bad port is one line of error, not argparse's usage.
+    demo.add_argument("--port", default="8000", help="port to listen on, 1 to 65535 (default: %(default)s)")
     demo.add_argument(
         "--backend",
         metavar="URL",
@@ -134,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
     try:
         if args.command == "demo":
-            return _demo(args.host, args.port, args.backend or os.environ.get(BACKEND_URL_ENV) or None)
+            return _demo(args.host, _port(args.port), args.backend or os.environ.get(BACKEND_URL_ENV) or None)
         if args.command == "sessions":
             return _sessions(args.url, args.user, as_json=args.json)
         if args.command == "revoke":
@@ -168,6 +171,15 @@ def _redact(text: str, url: str) -> str:
     return text
 
 
+def _port(text: str) -> int:
+    """``--port`` as a number from 1 to 65535; anything else exits with code 2."""
+    port = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= port <= 65535:
+        _error(f"argument --port: {text!r} is not a port number; use one from 1 to 65535.")
+        raise _Exit(EXIT_CONFIG)
+    return port
+
+
 def _demo(host: str, port: int, backend_url: str | None) -> int:
     try:
         import uvicorn
@@ -182,12 +194,36 @@ def _demo(host: str, port: int, backend_url: str | None) -> int:
     except ImproperlyConfigured as exc:
         _error(_redact(str(exc), url))
         return EXIT_CONFIG
+    # What makes uvicorn give up at startup, checked first so that it is one line rather than its log and a
+    # traceback: an address it cannot listen on, a store it cannot open (the app's own backend stays
+    # unopened, for the app's lifespan to open on uvicorn's event loop).
+    _check_listen(host, port)
+    _run(url, backend_from_url(url), "open the session store", _nothing)
     print(f"asession demo on http://{host}:{port}/ with sessions in {hide_password(url)} (Ctrl+C to stop)")
     try:
         uvicorn.run(app, host=host, port=port)
-    except SystemExit as exc:  # uvicorn exits when the port is taken or startup (opening the backend) fails
-        return exc.code if isinstance(exc.code, int) else EXIT_UNAVAILABLE
+    except SystemExit as exc:  # uvicorn exits when startup fails after all (e.g. the port was taken since)
+        if exc.code in (None, 0):
+            return EXIT_OK
+        _error(f"the demo server stopped at startup (uvicorn exit code {exc.code}); see the log above.")
+        return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will (``SO_REUSEADDR``) and let it go; exit with code 2 when that fails."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:  # socket.gaierror (an unknown host) included
+        _error(f"cannot listen on {host}:{port}: {exc.strerror or exc}. Choose another --host or --port.")
+        raise _Exit(EXIT_CONFIG) from None
+
+
+async def _nothing(backend: SessionBackend) -> None:
+    """Nothing to do with the store: opening it was the check."""
 
 
 # -- opening a backend and running a call against it ------------------------------------------------------

@@ -82,10 +82,12 @@ def test_clearsessions_missing_sqlite_file_exits_2(tmp_path: Path, capsys: pytes
 
 @pytest.fixture
 def isolated_postgres_url(postgres_url: str) -> Iterator[str]:
-    """``postgres_url`` with its own schema, so rows of concurrently running tests cannot be counted."""
+    """``postgres_url`` with a schema of the test's own, so rows of other tests cannot be counted."""
     import asyncpg
 
-    schema = "asession_cli_test"
+    from tests.servers import NAMESPACE, with_query
+
+    schema = f"{NAMESPACE}_cli"
 
     async def run(sql: str) -> None:
         connection = await asyncpg.connect(postgres_url)
@@ -94,10 +96,9 @@ def isolated_postgres_url(postgres_url: str) -> Iterator[str]:
         finally:
             await connection.close()
 
-    asyncio.run(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in postgres_url else "?"
+    asyncio.run(run(f"CREATE SCHEMA {schema}"))
     try:
-        yield f"{postgres_url}{separator}search_path={schema}"
+        yield with_query(postgres_url, search_path=schema)
     finally:
         asyncio.run(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
@@ -238,10 +239,14 @@ class _FakeUvicorn:
 
 @pytest.fixture
 def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> _FakeUvicorn:
+    """uvicorn.run replaced, and the check that the address is free skipped (port 8000 may be in use here)."""
     import uvicorn
+
+    from asession import cli
 
     fake = _FakeUvicorn()
     monkeypatch.setattr(uvicorn, "run", fake.run)
+    monkeypatch.setattr(cli, "_check_listen", lambda host, port: None)
     return fake
 
 
@@ -261,19 +266,90 @@ def test_demo_reads_backend_url_from_environment(fake_uvicorn: _FakeUvicorn, mon
     assert isinstance(fake_uvicorn.backend_of(), MemoryBackend)
 
 
-def test_demo_defaults_to_sqlite(fake_uvicorn: _FakeUvicorn, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_defaults_to_sqlite(fake_uvicorn: _FakeUvicorn, monkeypatch: pytest.MonkeyPatch, tmp_cwd: Path) -> None:
     """With neither ``--backend`` nor the environment variable the demo uses the SQLite default."""
     from asession.backends.db import DatabaseBackend
 
     monkeypatch.delenv(BACKEND_URL_ENV, raising=False)
     assert main(["demo"]) == 0
     assert isinstance(fake_uvicorn.backend_of(), DatabaseBackend)
+    # Checked before serving: the database opens (and is created, as the demo would create it).
+    assert (tmp_cwd / "sessions.sqlite3").exists()
 
 
-def test_demo_startup_failure_returns_uvicorn_exit_code(fake_uvicorn: _FakeUvicorn) -> None:
-    """When uvicorn gives up (port taken, store down at startup) its exit code is returned."""
+def test_demo_startup_failure_exits_1(fake_uvicorn: _FakeUvicorn, capsys: pytest.CaptureFixture[str]) -> None:
+    """When uvicorn gives up at startup after the checks passed, the demo says so in one line and exits 1."""
     fake_uvicorn.exit_code = 3
-    assert main(["demo", "--backend", "memory://"]) == 3
+    assert main(["demo", "--backend", "memory://"]) == 1
+    assert capsys.readouterr().err == (
+        "asession: error: the demo server stopped at startup (uvicorn exit code 3); see the log above.\n"
+    )
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The command's only output: one line on stderr, nothing on stdout."""
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.endswith("\n"), captured.err
+    return captured.err
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "0", "-1", "http", "8O00", "\uff18\uff10", ""])
+def test_demo_bad_port_exits_2(fake_uvicorn: _FakeUvicorn, port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A port that is not 1 to 65535 is one line of error and exit code 2, before anything is served."""
+    assert main(["demo", f"--port={port}", "--backend", "memory://"]) == 2
+    assert _one_error_line(capsys) == (
+        f"asession: error: argument --port: {port!r} is not a port number; use one from 1 to 65535.\n"
+    )
+    assert fake_uvicorn.calls == []
+
+
+def test_demo_port_99999_in_a_fresh_interpreter() -> None:
+    """``asession demo --port 99999`` prints one line and exits 2, where it used to print a traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "asession", "demo", "--port", "99999", "--backend", "memory://"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "asession: error: argument --port: '99999' is not a port number; use one from 1 to 65535.\n"
+
+
+def test_demo_port_in_use_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port another process listens on is one line naming the address, exit code 2; uvicorn never starts."""
+    import socket
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("uvicorn.run was called"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--port", str(port), "--backend", "memory://"]) == 2
+    err = _one_error_line(capsys)
+    assert err.startswith(f"asession: error: cannot listen on 127.0.0.1:{port}: ")
+    assert err.endswith(". Choose another --host or --port.\n")
+
+
+def test_demo_store_down_exits_1(fake_uvicorn: _FakeUvicorn, capsys: pytest.CaptureFixture[str]) -> None:
+    """A store that cannot be reached is one line naming it (password hidden) and exit code 1, not a traceback."""
+    assert main(["demo", "--backend", "postgresql://app:hunter2@127.0.0.1:1/app"]) == 1
+    err = _one_error_line(capsys)
+    assert err.startswith("asession: error: could not open the session store")
+    assert "127.0.0.1:1" in err and "hunter2" not in err
+    assert fake_uvicorn.calls == []
+
+
+def test_demo_store_misconfigured_exits_2(
+    fake_uvicorn: _FakeUvicorn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SQLite file in a directory that does not exist is a configuration error: one line, exit code 2."""
+    assert main(["demo", "--backend", f"sqlite:///{tmp_path}/missing/sessions.sqlite3"]) == 2
+    assert "missing" in _one_error_line(capsys)
+    assert fake_uvicorn.calls == []
 
 
 # -- sessions and revoke -----------------------------------------------------------------------------------

@@ -1,15 +1,24 @@
-"""The README's two commands are the ones CI runs, and its Python examples type-check as written."""
+"""The README's two commands are the ones CI runs, its Python examples run as written, its shell commands exist.
+
+The Python and shell blocks go through :mod:`tests.snippets`, as the documentation site's do
+(``tests/test_docs.py``).
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
+from tests.snippets import Snippet, check_shell_block, defined_extras, run_blocks, snippets
+
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def _readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = README.read_text()
     head = text[: text.index("## ")]  # the commands stand before the first section
     return re.findall(r"```(?:bash|sh|console)\n(.*?)\n```", head, flags=re.S)
 
@@ -26,3 +35,17 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     test = _readme_commands()[1].strip()
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip()]
     assert ci_lines[-1] == test
+
+
+async def test_readme_python_blocks_run(tmp_cwd: Path) -> None:
+    """Every ``python`` block runs as written (the top-level ``async with`` too); both apps answer without a 5xx."""
+    blocks = snippets(README, "python")
+    run = await run_blocks(blocks)
+    assert run.blocks == [block.name for block in blocks]
+    assert len(run.apps) == 2  # the Starlette quickstart and the FastAPI app
+
+
+@pytest.mark.parametrize("block", [pytest.param(block, id=block.name) for block in snippets(README, "bash")])
+def test_readme_bash_blocks_name_commands_that_exist(block: Snippet, capsys: pytest.CaptureFixture[str]) -> None:
+    """``asession`` subcommands and options, and ``pip install`` extras, that a ``bash`` block shows exist."""
+    check_shell_block(block, defined_extras(ROOT / "pyproject.toml"), capsys)
