@@ -36,7 +36,7 @@ async def test_bounded_call_past_its_bound_raises_backend_unavailable() -> None:
     with pytest.raises(BackendUnavailableError, match=r"'the store' did not answer within 0.2 s"):
         await bounded(never, 0.2, "the store")
     elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 0.2 + TICK + 0.5
+    assert 0.2 <= elapsed < 0.2 + TICK + 1.5  # the margin: a parallel run under coverage delays the loop
     assert never.cancelled()
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0  # the task is not left half-cancelled
@@ -99,7 +99,8 @@ async def test_many_bounded_calls_each_end_in_time() -> None:
     started = time.monotonic()
     outcomes = await asyncio.gather(*(bounded(f, 0.2, "store") for f in futures), return_exceptions=True)
     assert all(isinstance(outcome, BackendUnavailableError) for outcome in outcomes)
-    assert time.monotonic() - started < 0.2 + TICK + 0.5
+    # Ended, not hung: a generous margin over the bound, since a parallel run under coverage delays the loop.
+    assert time.monotonic() - started < 0.2 + TICK + 3.0
     from asession import deadline
 
     await asyncio.sleep(TICK * 2)
@@ -288,16 +289,16 @@ async def test_call_of_a_store_slow_to_cancel_is_abandoned_at_the_bound() -> Non
         try:
             await asyncio.sleep(10)
         except asyncio.CancelledError:
-            await asyncio.sleep(0.5)  # the cancel request to the server, the connection reset ...
+            await asyncio.sleep(2.0)  # the cancel request to the server, the connection reset ...
             cleaned_up.set()
             raise
 
     started = time.monotonic()
     with pytest.raises(BackendUnavailableError, match="<SlowToCancel> did not answer within 0.1 s"):
         await bounded(query(), 0.1, SlowToCancel())
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 1.5  # abandoned at the bound, not waited for (2 s of clean-up)
     assert not cleaned_up.is_set()
-    await asyncio.wait_for(cleaned_up.wait(), 2)  # the abandoned call still finishes its clean-up
+    await asyncio.wait_for(cleaned_up.wait(), 5)  # the abandoned call still finishes its clean-up
 
 
 async def test_call_of_a_store_slow_to_cancel_returns_its_result() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from asession.backends._redis_url import DEFAULT_TIMEOUT
+from asession.backends._redis_url import DEFAULT_TIMEOUT, to_interval, to_timeout
 from asession.backends._resp import RedisError, Script
 
 __all__ = ["RedisPyClient", "TopologyOptions", "build_client", "is_redis_py_client", "parse_topology_url"]
@@ -150,22 +150,14 @@ def _host(part: str, default_port: int) -> tuple[str, int]:
 
 def _option(name: str, value: str) -> Any:
     if name in _TIMEOUTS:
-        if value.lower() in ("none", ""):
-            return None
-        seconds = float(value)
-        if seconds <= 0:
-            raise ValueError("must be a positive number of seconds")
-        return seconds
+        return to_timeout(value)
     if name == "max_connections":
         count = int(value)
         if count < 1:
             raise ValueError("must be at least 1")
         return count
     if name == "health_check_interval":
-        seconds = float(value)
-        if seconds < 0:
-            raise ValueError("must be 0 (never check) or a positive number of seconds")
-        return seconds
+        return to_interval(value)
     return value
 
 

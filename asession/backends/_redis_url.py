@@ -39,12 +39,21 @@ def _to_bool(value: str) -> bool:
     raise ValueError(f"{value!r} is not a boolean")
 
 
-def _to_timeout(value: str) -> float | None:
+def to_timeout(value: str) -> float | None:
+    """A timeout option's seconds: a positive number, or ``None`` for ``none`` (no limit)."""
     if value.lower() in ("none", ""):
         return None
     seconds = float(value)
     if seconds <= 0:
         raise ValueError("must be a positive number of seconds")
+    return seconds
+
+
+def to_interval(value: str) -> float:
+    """``health_check_interval``'s seconds: 0 (never check) or a positive number."""
+    seconds = float(value)
+    if seconds < 0:
+        raise ValueError("must be 0 (never check) or a positive number of seconds")
     return seconds
 
 
@@ -176,12 +185,9 @@ def parse_url(url: str) -> RedisOptions:
 
 def _parse_option(kwargs: dict[str, Any], name: str, value: str) -> None:
     if name in ("socket_timeout", "socket_connect_timeout"):
-        kwargs[name] = _to_timeout(value)
+        kwargs[name] = to_timeout(value)
     elif name == "health_check_interval":
-        seconds = float(value)
-        if seconds < 0:
-            raise ValueError("must be 0 (never check) or a positive number of seconds")
-        kwargs[name] = seconds
+        kwargs[name] = to_interval(value)
     elif name in ("db", "max_connections"):
         kwargs[name] = int(value)
     elif name in ("socket_keepalive", "ssl_check_hostname"):
