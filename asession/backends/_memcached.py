@@ -51,6 +51,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from asession.backends._pool import ConnectionPool, PipelinedConnection
+from asession.backends._urls import to_positive_int, to_timeout
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -98,28 +99,12 @@ class ProtocolError(MemcachedError):
 # -- URLs ------------------------------------------------------------------------------------------------
 
 
-def _to_timeout(value: str) -> float | None:
-    if value.lower() in ("none", ""):
-        return None
-    seconds = float(value)
-    if not seconds > 0:
-        raise ValueError("must be a positive number of seconds")
-    return seconds
-
-
-def _to_positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be at least 1")
-    return number
-
-
 _OPTIONS = {
-    "socket_timeout": ("socket_timeout", _to_timeout),
-    "socket_connect_timeout": ("socket_connect_timeout", _to_timeout),
-    "max_connections": ("max_connections", _to_positive_int),
-    "pool_size": ("max_connections", _to_positive_int),  # aiocache's name, which existing URLs use
-    "max_value_size": ("max_value_size", _to_positive_int),
+    "socket_timeout": ("socket_timeout", to_timeout),
+    "socket_connect_timeout": ("socket_connect_timeout", to_timeout),
+    "max_connections": ("max_connections", to_positive_int),
+    "pool_size": ("max_connections", to_positive_int),  # aiocache's name, which existing URLs use
+    "max_value_size": ("max_value_size", to_positive_int),
 }
 
 

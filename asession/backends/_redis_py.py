@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from asession.backends._redis_url import DEFAULT_TIMEOUT, to_interval, to_timeout
+from asession.backends._redis_url import DEFAULT_TIMEOUT, to_interval
 from asession.backends._resp import RedisError, Script
+from asession.backends._urls import to_positive_int, to_timeout
 
 __all__ = ["RedisPyClient", "TopologyOptions", "build_client", "is_redis_py_client", "parse_topology_url"]
 
@@ -152,10 +153,7 @@ def _option(name: str, value: str) -> Any:
     if name in _TIMEOUTS:
         return to_timeout(value)
     if name == "max_connections":
-        count = int(value)
-        if count < 1:
-            raise ValueError("must be at least 1")
-        return count
+        return to_positive_int(value)
     if name == "health_check_interval":
         return to_interval(value)
     return value

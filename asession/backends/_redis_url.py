@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from asession.backends._resp import DEFAULT_MAX_REPLY_SIZE
+from asession.backends._urls import to_timeout
 
 __all__ = ["DEFAULT_HEALTH_CHECK_INTERVAL", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT", "RedisOptions", "parse_url"]
 
@@ -37,16 +38,6 @@ def _to_bool(value: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ValueError(f"{value!r} is not a boolean")
-
-
-def to_timeout(value: str) -> float | None:
-    """A timeout option's seconds: a positive number, or ``None`` for ``none`` (no limit)."""
-    if value.lower() in ("none", ""):
-        return None
-    seconds = float(value)
-    if seconds <= 0:
-        raise ValueError("must be a positive number of seconds")
-    return seconds
 
 
 def to_interval(value: str) -> float:

@@ -257,8 +257,7 @@ class SessionBackend(ABC):
         if stored is None:
             return None
         try:
-            raw_key: str = key.raw if type(key) is keys.ValidKey else key  # type: ignore[assignment]
-            data, plaintext = encryption.cipher_for(raw_key).open(stored)
+            data, plaintext = encryption.cipher_for(_raw(key)).open(stored)
         except (ValueError, UnicodeDecodeError) as exc:
             security_logger.warning(
                 "%s: encrypted session data does not authenticate (%s); treated as empty.", type(self).__name__, exc
@@ -369,8 +368,7 @@ class SessionBackend(ABC):
                 if self._plaintext_loaded and skey in self._plaintext_loaded:
                     changes = await self._upgrade_changes(key, skey, changes)
                 else:
-                    raw_key: str = key.raw if type(key) is keys.ValidKey else key  # type: ignore[assignment]
-                    changes = encryption.cipher_for(raw_key).seal_changes(changes)
+                    changes = encryption.cipher_for(_raw(key)).seal_changes(changes)
             await self._update(skey, changes, int(expiry_age))
         except (SessionError, TypeError):
             # TypeError: a value JSON cannot carry, named by the merge's encoding before anything is written.
