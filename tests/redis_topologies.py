@@ -19,6 +19,10 @@ from tests.servers import REDIS_SERVER, PrivateRedis, free_port, require_executa
 REDIS_CLI = "/usr/bin/redis-cli"
 #: How long a silent node or master counts as alive: short, so a failover test takes seconds.
 NODE_TIMEOUT_MS = 1000
+#: The same for cluster nodes, which also vote: long enough that a node starved of CPU for a moment by a
+#: parallel test run is not taken for failed beside the one a test kills (two masters down of three leave
+#: no majority to elect a replica).
+CLUSTER_NODE_TIMEOUT_MS = 2000
 
 
 def command(port: int, *args: str, timeout: float = 5.0) -> str:
@@ -60,7 +64,7 @@ class RedisCluster:
                     "--cluster-config-file",
                     str(node_dir / "nodes.conf"),
                     "--cluster-node-timeout",
-                    str(NODE_TIMEOUT_MS),
+                    str(CLUSTER_NODE_TIMEOUT_MS),
                     # The bus port, chosen free, rather than port + 10000 (which may be taken or above 65535).
                     "--cluster-port",
                     str(free_port()),
@@ -115,6 +119,14 @@ class RedisCluster:
             if line.startswith("connected_slaves:"):
                 return int(line.split(":", 1)[1])
         return 0
+
+    def failed_over(self, lost: PrivateRedis) -> bool:
+        """Redis' failover after ``lost`` (a master) died is over: a replica serves its slots, and every node
+        left sees the cluster as ok again."""
+        left = [node for node in self.nodes if node is not lost]
+        if not all("cluster_state:ok" in command(node.port, "CLUSTER", "INFO") for node in left):
+            return False
+        return sum(self.role(node) == "master" for node in left) == len(self.nodes) // (1 + self.replicas)
 
     def masters(self) -> list[PrivateRedis]:
         return [node for node in self.nodes if node.process is not None and self.role(node) == "master"]

@@ -15,6 +15,7 @@ makes the redis-py client they describe.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,6 +193,13 @@ def build_client(options: TopologyOptions) -> RedisPyClient:
     return RedisPyClient(cluster, owned=[cluster])
 
 
+def _retrieve(refresh: asyncio.Future[Any]) -> None:
+    """Mark a refresh's failure as seen: the calls waiting for it raise it, and one nobody awaited any
+    more (every waiter gave up) is not reported as a never-retrieved exception."""
+    if not refresh.cancelled():
+        refresh.exception()
+
+
 def _as_bytes(value: Any) -> Any:
     """A reply as asession's own client gives it: text as ``bytes`` (a client may decode responses)."""
     if isinstance(value, str):
@@ -213,12 +221,34 @@ class RedisPyClient:
     def __init__(self, client: Any, *, owned: Sequence[Any] = ()) -> None:
         self.client = client
         self._owned = list(owned)
+        self._refreshing: asyncio.Future[Any] | None = None
         from redis.exceptions import NoScriptError, ResponseError
 
         self._response_error = ResponseError
         self._noscript = NoScriptError
 
+    async def _refreshed(self) -> None:
+        """A cluster's pending topology refresh, run to its end whoever waits for it.
+
+        ``RedisCluster`` refreshes its slot map (``CLUSTER SLOTS``, then ``COMMAND``) inside the first call
+        after a connection error, and a call that is cancelled mid-way (a request's ``store_timeout``) closes
+        what the refresh had opened and leaves it to the next call. Under load a refresh can take longer
+        than the bound, and then every request would cancel it and the app would never recover. Here the
+        refresh is one task the calls wait for through :func:`asyncio.shield`: a call that gives up leaves
+        it running, and the next call waits for the same one. redis-py has no public flag for a pending
+        refresh; its ``_initialize`` attribute is read, and a client without it (``Redis``, Sentinel's
+        ``master_for``) never refreshes this way.
+        """
+        if not getattr(self.client, "_initialize", False):
+            return
+        refreshing = self._refreshing
+        if refreshing is None or refreshing.done():
+            refreshing = self._refreshing = asyncio.ensure_future(self.client.initialize())
+            refreshing.add_done_callback(_retrieve)
+        await asyncio.shield(refreshing)
+
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        await self._refreshed()
         try:
             return _as_bytes(await getattr(self.client, name)(*args, **kwargs))
         except self._noscript as exc:
@@ -231,6 +261,10 @@ class RedisPyClient:
         await self._call("ping")
 
     async def close(self) -> None:
+        refreshing, self._refreshing = self._refreshing, None
+        if refreshing is not None and not refreshing.done():
+            refreshing.cancel()  # nothing outlives the client: a refresh nobody waits for ends here
+            await asyncio.wait([refreshing])
         for client in self._owned:
             await client.aclose()
 
@@ -240,6 +274,7 @@ class RedisPyClient:
 
     async def hgetall(self, key: str) -> list[bytes]:
         """Fields and values in turn, as the own client's ``HGETALL`` (redis-py answers a dict)."""
+        await self._refreshed()
         try:
             mapping = await self.client.hgetall(key)
         except self._response_error as exc:
