@@ -12,7 +12,9 @@ a listing as many reads as that user has sessions, whatever the size of the stor
   the preimage of a SHA-256);
 - its data maps each session's handle (:attr:`SessionInfo.id`) to the session's storage key;
 - entries whose session has ended (expired, flushed, revoked, rotated) are pruned whenever a listing or a
-  revocation meets them, and never listed;
+  revocation meets them, and never listed; a session that ends by expiry never says so, so a login also
+  checks the entries once they reach each multiple of :data:`PRUNE_EVERY`, and the index of a user who
+  signs in again and again without listing or logging out stays the size of their live sessions;
 - the record itself lives :data:`INDEX_AGE` seconds after its last write (every login, logout, listing
   that pruned, and revocation writes it), on stores that expire entries by themselves too.
 
@@ -57,6 +59,10 @@ MAX_USER_AGENT_LENGTH = 256
 #: Seconds a user's index record lives after its last write: 400 days, the longest cookie lifetime
 #: browsers keep (RFC 6265bis), so no session outlives its index entry unless it is never saved again.
 INDEX_AGE = 400 * 24 * 60 * 60
+#: A login that finds a multiple of this many entries in the user's index first drops the entries of
+#: sessions that ended: one check of the entries every ``PRUNE_EVERY`` logins, and an index that never
+#: holds more than ``PRUNE_EVERY`` entries of ended sessions.
+PRUNE_EVERY = 64
 _CREATE_ATTEMPTS = 5
 
 
@@ -201,11 +207,25 @@ async def _entries(backend: SessionBackend, ikey: str) -> dict[str, str]:
     return {handle: skey for handle, skey in data.items() if isinstance(skey, str)}
 
 
+async def _ended(backend: SessionBackend, ikey: str, user_id: str) -> frozenset[str]:
+    """The handles of ended sessions in the index, when it holds a multiple of :data:`PRUNE_EVERY` entries
+    (else none: the check is amortised over that many logins)."""
+    entries = await _entries(backend, ikey)
+    if not entries or len(entries) % PRUNE_EVERY:
+        return frozenset()
+    return frozenset(
+        [handle for handle, skey in entries.items() if await _session_data(backend, skey, user_id) is None]
+    )
+
+
 async def add(backend: SessionBackend, user_id: str, skey: str) -> str:
-    """Record the session stored under ``skey`` in ``user_id``'s index; return its handle."""
+    """Record the session stored under ``skey`` in ``user_id``'s index; return its handle.
+
+    Entries of ended sessions go in the same merge, when :func:`_ended` checks them.
+    """
     handle = session_handle(user_id, skey)
     ikey = index_key(user_id)
-    changes = Changes({handle: skey})
+    changes = Changes({handle: skey}, await _ended(backend, ikey, user_id) - {handle})
     for _ in range(_CREATE_ATTEMPTS):
         try:
             await backend._update(ikey, changes, INDEX_AGE)

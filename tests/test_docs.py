@@ -175,8 +175,11 @@ async def test_users_example_lists_and_revokes_devices(client_of: Callable[[Any]
 
 
 async def test_metrics_example_counts_events(client_of: Callable[[Any], Any]) -> None:
-    """The operations page's listener counts a created session."""
+    """The operations page's listener counts sessions by event type, and Prometheus scrapes the counts."""
     namespace = await _namespace_of("operations.md", "SESSION_EVENTS")
     client = await client_of(namespace["app"])
-    await client.get("/")
-    assert namespace["SESSION_EVENTS"] == {"created": 1}
+    await client.get("/")  # a new session: "created"
+    await client.get("/")  # the same session, loaded and saved again: no event
+    metrics = (await client.get("/metrics/")).text
+    assert 'asession_events_total{type="created"} 1.0' in metrics
+    assert namespace["SESSION_EVENTS"].labels("created")._value.get() == 1

@@ -37,12 +37,15 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert ci_lines[-1] == test
 
 
+# Starlette 1.x's TestClient (the testing section) prefers httpx2 and warns when it falls back to httpx.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
 async def test_readme_python_blocks_run(tmp_cwd: Path) -> None:
     """Every ``python`` block runs as written (the top-level ``async with`` too); both apps answer without a 5xx."""
     blocks = snippets(README, "python")
     run = await run_blocks(blocks)
     assert run.blocks == [block.name for block in blocks]
     assert len(run.apps) == 2  # the Starlette quickstart and the FastAPI app
+    assert [test.split("::")[1] for test in run.tests] == ["test_a_signed_in_user_sees_their_cart"]  # Testing's
 
 
 @pytest.mark.parametrize("block", [pytest.param(block, id=block.name) for block in snippets(README, "bash")])

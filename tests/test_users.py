@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from asession import Session, SessionConfig, SessionInfo, expiry
+from asession import Session, SessionConfig, SessionInfo, expiry, users
 from asession.backends.base import SessionBackend
 from asession.backends.file import FileBackend
+from asession.backends.memory import MemoryBackend
 from asession.users import MAX_USER_AGENT_LENGTH, USER_ID_KEY, session_handle, user_of_handle
 from tests.conftest import Clock, let_expire
 
@@ -112,6 +113,27 @@ async def test_expiry_and_last_seen_follow_saves(server_backend: SessionBackend,
     assert (after.expires_at - after.last_seen).total_seconds() == pytest.approx(600, abs=1)
 
 
+async def test_expiry_and_last_seen_follow_touches(server_backend: SessionBackend, clock: Clock) -> None:
+    """A read-only request past the touch interval moves the listing's last activity and expiry, and leaves
+    the data as it was."""
+    session = await _logged_in(server_backend, "u", idle_timeout=600, touch_interval=60)
+    session["cart"] = [1, 2]
+    await session.save()
+    [before] = await server_backend.user_sessions("u")
+    clock.advance(90)
+    reader = _session(server_backend, session.session_key, idle_timeout=600, touch_interval=60)
+    await reader.load()
+    assert reader.needs_touch()
+    await reader.touch()
+    [after] = await server_backend.user_sessions("u")
+    assert after.created_at == before.created_at
+    assert (after.last_seen - before.last_seen).total_seconds() == pytest.approx(90, abs=1)
+    assert (after.expires_at - after.last_seen).total_seconds() == pytest.approx(600, abs=1)
+    again = _session(server_backend, session.session_key)
+    await again.load()
+    assert dict(again) == {"cart": [1, 2], USER_ID_KEY: "u"}
+
+
 async def test_revoke_user_sessions_ends_all_or_all_but_one(server_backend: SessionBackend) -> None:
     sessions = [await _logged_in(server_backend, "alice") for _ in range(3)]
     other = await _logged_in(server_backend, "bob")
@@ -199,6 +221,35 @@ async def test_ended_sessions_are_pruned_and_never_listed(server_backend: Sessio
     assert [info.id for info in await server_backend.user_sessions("alice")] == [
         server_backend.handle(kept.session_key, "alice")  # type: ignore[arg-type]
     ]
+
+
+async def test_logins_drop_ended_sessions_from_the_index(
+    server_backend: SessionBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions that end without a logout (expiry, a store-side delete) leave their entries behind; a login
+    at each multiple of PRUNE_EVERY entries drops them, and never an entry of a live session."""
+    monkeypatch.setattr(users, "PRUNE_EVERY", 4)
+    live = [await _logged_in(server_backend, "alice") for _ in range(5)]  # more live ones than PRUNE_EVERY
+    for _ in range(11):
+        ended = await _logged_in(server_backend, "alice")
+        await server_backend.delete(ended.session_key)  # type: ignore[arg-type]
+        entries = await users._entries(server_backend, users.index_key("alice"))
+        assert len(entries) <= len(live) + 4
+    last = await _logged_in(server_backend, "alice")
+    expected = {server_backend.handle(s.session_key, "alice") for s in [*live, last]}  # type: ignore[arg-type]
+    assert expected <= set(await users._entries(server_backend, users.index_key("alice")))
+    assert {info.id for info in await server_backend.user_sessions("alice")} == expected
+
+
+async def test_a_user_who_signs_in_again_and_again_can_always_sign_in() -> None:
+    """With no listing or logout in between, the index stays the size of the live sessions: 300 logins whose
+    sessions all ended fit an index limited to 16 kB (it passed that limit at about 150 before pruning)."""
+    backend = MemoryBackend(max_size=16384)
+    async with backend:
+        for _ in range(300):
+            session = await _logged_in(backend, "a-user-with-a-longer-id@example.com")
+            await backend.delete(session.session_key)  # type: ignore[arg-type]
+        assert await backend.user_sessions("a-user-with-a-longer-id@example.com") == []
 
 
 async def test_expired_sessions_are_not_listed(server_backend: SessionBackend, clock: Clock) -> None:
