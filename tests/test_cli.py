@@ -715,3 +715,41 @@ def test_module_lists_and_revokes_sessions(url: str) -> None:
     assert (revoked.returncode, revoked.stdout) == (0, f"revoked session {session_id}\n")
     again = run("revoke", url, "--session", session_id)
     assert (again.returncode, again.stdout) == (3, f"no live session {session_id}\n")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("memcached", marks=pytest.mark.memcached),
+    ]
+)
+def server_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a test server's store: this run's own Redis db, PostgreSQL schema or memcached."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+def test_sessions_and_revoke_on_each_server_store(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI lists and ends a user's sessions on the server stores too, from the URL alone, with its exit codes."""
+    user_id = f"cli-user-{id(capsys)}"
+
+    async def log_in() -> str:
+        async with backend_from_url(server_url) as backend:
+            session = Session(backend)
+            await session.login(user_id)
+            handle = backend.handle(session.session_key, user_id)  # type: ignore[arg-type]
+            assert handle is not None
+            return handle
+
+    first, second = asyncio.run(log_in()), asyncio.run(log_in())
+    assert {entry["id"] for entry in _json_listing(user_id, server_url, capsys)} == {first, second}
+    assert main(["revoke", server_url, "--session", first]) == 0
+    assert main(["revoke", server_url, "--session", first]) == EXIT_NOT_FOUND
+    capsys.readouterr()
+    assert [entry["id"] for entry in _json_listing(user_id, server_url, capsys)] == [second]
+    assert main(["revoke", server_url, "--user", user_id]) == 0
+    assert capsys.readouterr().out == f"revoked 1 session of user {user_id!r}\n"
+    assert main(["revoke", server_url, "--user", user_id]) == EXIT_NOT_FOUND
+    capsys.readouterr()
+    assert _json_listing(user_id, server_url, capsys) == []
