@@ -350,7 +350,7 @@ async def test_reply_cut_mid_line_then_eof_fails_without_freezing_the_loop(
             started = time.monotonic()
             with pytest.raises(ConnectionError, match="lost"):
                 await asyncio.wait_for(call, 2)
-            assert time.monotonic() - started < 0.5  # the end of the stream, not the timeout
+            assert time.monotonic() - started < 0.9  # the end of the stream, not the 1 s timeout
             before = ticks
             await asyncio.sleep(0.05)
             assert ticks > before
