@@ -27,15 +27,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from asession.changes import Changes
 from asession.exceptions import CreateError, UpdateError
-
-if TYPE_CHECKING:
-    from asession.backends.base import SessionBackend
 
 __all__ = [
     "INDEX_AGE",
@@ -68,12 +66,14 @@ _CREATE_ATTEMPTS = 5
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """One live session of a user, as :meth:`SessionBackend.user_sessions` lists it.
+    """One live session of a user, as :meth:`SessionBackend.user_sessions
+    <asession.backends.base.SessionBackend.user_sessions>` lists it.
 
-    ``id`` is a stable handle for :meth:`SessionBackend.revoke_session`; it is derived from the session
-    key by a one-way function, so it cannot be turned into the key or used as a cookie. Times are aware
-    UTC datetimes; ``last_seen`` is the last save or touch; ``user_agent`` is the one of the login (cut to
-    256 characters), ``None`` when the request had none.
+    ``id`` is a stable handle for :meth:`SessionBackend.revoke_session
+    <asession.backends.base.SessionBackend.revoke_session>`; it is derived from the session key by a one-way
+    function, so it cannot be turned into the key or used as a cookie. Times are aware UTC datetimes;
+    ``last_seen`` is the last save or touch; ``user_agent`` is the one of the login (cut to 256 characters),
+    ``None`` when the request had none.
     """
 
     id: str
@@ -199,7 +199,25 @@ def _moment(seconds: float | None, default: float) -> datetime:
 # -- the index, on any backend that merges -----------------------------------------------------------------
 
 
-async def _entries(backend: SessionBackend, ikey: str) -> dict[str, str]:
+class IndexedBackend(Protocol):
+    """What the index needs of a backend: :class:`asession.backends.base.SessionBackend`'s raw calls on
+    storage keys and its payload codec. The backend hands itself to these functions, so this module imports
+    nothing of it."""
+
+    def _load(self, skey: str) -> Awaitable[str | bytes | None]: ...
+
+    async def _save(self, skey: str, payload: str, expiry_age: int, must_create: bool) -> None: ...
+
+    async def _update(self, skey: str, changes: Changes, expiry_age: int) -> str | None: ...
+
+    async def _delete(self, skey: str) -> None: ...
+
+    def _decode(self, raw: str | bytes) -> dict[str, Any] | None: ...
+
+    def _encode(self, data: Mapping[str, Any]) -> str: ...
+
+
+async def _entries(backend: IndexedBackend, ikey: str) -> dict[str, str]:
     raw = await backend._load(ikey)
     data = None if raw is None else backend._decode(raw)
     if not data:
@@ -207,7 +225,7 @@ async def _entries(backend: SessionBackend, ikey: str) -> dict[str, str]:
     return {handle: skey for handle, skey in data.items() if isinstance(skey, str)}
 
 
-async def _ended(backend: SessionBackend, ikey: str, user_id: str) -> frozenset[str]:
+async def _ended(backend: IndexedBackend, ikey: str, user_id: str) -> frozenset[str]:
     """The handles of ended sessions in the index, when it holds a multiple of :data:`PRUNE_EVERY` entries
     (else none: the check is amortised over that many logins)."""
     entries = await _entries(backend, ikey)
@@ -218,7 +236,7 @@ async def _ended(backend: SessionBackend, ikey: str, user_id: str) -> frozenset[
     )
 
 
-async def add(backend: SessionBackend, user_id: str, skey: str) -> str:
+async def add(backend: IndexedBackend, user_id: str, skey: str) -> str:
     """Record the session stored under ``skey`` in ``user_id``'s index; return its handle.
 
     Entries of ended sessions go in the same merge, when :func:`_ended` checks them.
@@ -240,7 +258,7 @@ async def add(backend: SessionBackend, user_id: str, skey: str) -> str:
     raise UpdateError(f"{backend!r} could not record a session in the index of user {user_id!r}.")
 
 
-async def remove(backend: SessionBackend, user_id: str, handles: list[str]) -> None:
+async def remove(backend: IndexedBackend, user_id: str, handles: list[str]) -> None:
     """Drop ``handles`` from ``user_id``'s index (no error when the index or an entry is missing)."""
     if not handles:
         return
@@ -250,7 +268,7 @@ async def remove(backend: SessionBackend, user_id: str, handles: list[str]) -> N
         pass
 
 
-async def _session_data(backend: SessionBackend, skey: str, user_id: str) -> dict[str, Any] | None:
+async def _session_data(backend: IndexedBackend, skey: str, user_id: str) -> dict[str, Any] | None:
     """The live session under ``skey`` if it is still ``user_id``'s, else ``None``."""
     raw = await backend._load(skey)
     data = None if raw is None else backend._decode(raw)
@@ -259,7 +277,7 @@ async def _session_data(backend: SessionBackend, skey: str, user_id: str) -> dic
     return data
 
 
-async def sessions(backend: SessionBackend, user_id: str) -> list[SessionInfo]:
+async def sessions(backend: IndexedBackend, user_id: str) -> list[SessionInfo]:
     """``user_id``'s live sessions, newest first; entries of ended sessions are pruned."""
     entries = await _entries(backend, index_key(user_id))
     found: list[tuple[datetime, int, SessionInfo]] = []
@@ -282,7 +300,7 @@ async def sessions(backend: SessionBackend, user_id: str) -> list[SessionInfo]:
     return [info for _, _, info in found]
 
 
-async def revoke_user(backend: SessionBackend, user_id: str, except_skey: str | None) -> int:
+async def revoke_user(backend: IndexedBackend, user_id: str, except_skey: str | None) -> int:
     """End every live session of ``user_id`` but the one under ``except_skey``; return how many ended."""
     entries = await _entries(backend, index_key(user_id))
     ended = 0
@@ -298,7 +316,7 @@ async def revoke_user(backend: SessionBackend, user_id: str, except_skey: str | 
     return ended
 
 
-async def revoke_handle(backend: SessionBackend, handle: object) -> bool:
+async def revoke_handle(backend: IndexedBackend, handle: object) -> bool:
     """End the session whose :attr:`SessionInfo.id` is ``handle``; whether a live one was there."""
     user_id = user_of_handle(handle)
     if user_id is None:
