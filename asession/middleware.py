@@ -234,7 +234,20 @@ class SessionMiddleware:
                     message["headers"] = _merge_headers(message.get("headers", ()), _VARY_ONLY)
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        await self._serve(scope, receive, send_wrapper)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Call the app, with the listener as the request's own (:data:`asession.events.in_request`): the
+        revocations the app makes through the backend report their ``"revoked"`` events to it."""
+        listener = self._listener
+        if listener is None:
+            await self.app(scope, receive, send)
+            return
+        serving = events.in_request.set(listener)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            events.in_request.reset(serving)
 
     async def _commit(self, session: Session, had_cookie: bool, status: int) -> Headers:
         """Save the session if the response calls for it; return the headers to add."""
@@ -317,7 +330,7 @@ class SessionMiddleware:
                 await send({"type": "websocket.close", "code": 1011, "reason": "session store unavailable"})
             return
         scope["session"] = session
-        await self.app(scope, receive, send)
+        await self._serve(scope, receive, send)
 
 
 def _is_store_failure(exc: Exception) -> bool:

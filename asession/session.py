@@ -612,7 +612,8 @@ class Session(AsyncAccessors):
     async def revoke_other_sessions(self) -> int:
         """End every other session of this session's user ("sign out my other devices"); return how many.
 
-        0 when no user is signed in. Raises ``NotImplementedError`` on a backend without an index.
+        0 when no user is signed in. Raises ``NotImplementedError`` on a backend without an index. In a
+        request, each session ended is a ``"revoked"`` event (reported by the backend, with its id).
         """
         await self._load_if_needed()
         user_id = self.user_id
@@ -620,12 +621,7 @@ class Session(AsyncAccessors):
             return 0
         key = self.session_key
         backend = self._backend
-        ended = await bounded(
-            backend.revoke_user_sessions(user_id, except_key=key), self._config.store_timeout, backend
-        )
-        if ended:
-            await self._emit("revoked")
-        return ended
+        return await bounded(backend.revoke_user_sessions(user_id, except_key=key), self._config.store_timeout, backend)
 
     async def _index(self, user_id: str) -> None:
         backend = self._backend

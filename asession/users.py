@@ -300,17 +300,17 @@ async def sessions(backend: IndexedBackend, user_id: str) -> list[SessionInfo]:
     return [info for _, _, info in found]
 
 
-async def revoke_user(backend: IndexedBackend, user_id: str, except_skey: str | None) -> int:
-    """End every live session of ``user_id`` but the one under ``except_skey``; return how many ended."""
+async def revoke_user(backend: IndexedBackend, user_id: str, except_skey: str | None) -> list[str]:
+    """End every live session of ``user_id`` but the one under ``except_skey``; return the handles of those ended."""
     entries = await _entries(backend, index_key(user_id))
-    ended = 0
+    ended: list[str] = []
     dropped: list[str] = []
     for handle, skey in entries.items():
         if skey == except_skey:
             continue
         if await _session_data(backend, skey, user_id) is not None:
             await backend._delete(skey)
-            ended += 1
+            ended.append(handle)
         dropped.append(handle)
     await remove(backend, user_id, dropped)
     return ended

@@ -272,11 +272,49 @@ async def test_events_reach_a_sync_listener(clock: Clock) -> None:
         await client.get("/write")
         await client.get("/flush")
     assert [event.type for event in seen] == ["created", "login", "rotated", "revoked", "logout", "created", "flushed"]
-    login, logout = seen[1], seen[4]
+    login, revoked, logout = seen[1], seen[3], seen[4]
+    assert revoked.user_id == "alice" and revoked.session_id == backend.handle(other.cookies["session"], "alice")
     assert login.user_id == "alice" and login.session_id and login.session_id.startswith("YWxpY2U.")
     assert logout.user_id == "alice" and logout.session_id == seen[2].session_id  # the rotated key's handle
     assert all(event.time.tzinfo is not None for event in seen)
     assert all(len(event.session_id or "") < 64 or "." in (event.session_id or "") for event in seen)
+
+
+async def test_revocations_a_view_makes_through_the_backend_are_events(clock: Clock) -> None:
+    """backend.revoke_session() and revoke_user_sessions() called by a view report one "revoked" event per
+    session ended, with its id; a revocation that ends nothing, or one made outside any request, reports none."""
+    backend = MemoryBackend()
+    seen: list[SessionEvent] = []
+
+    async def revoke_one(request: Request) -> Response:
+        return PlainTextResponse(str(await backend.revoke_session(request.query_params["id"])))
+
+    async def revoke_all(request: Request) -> Response:
+        return PlainTextResponse(str(await backend.revoke_user_sessions(request.query_params["user"])))
+
+    app = _app(backend, SessionConfig(), seen.append)
+    app.router.routes.extend([Route("/revoke-one", revoke_one), Route("/revoke-all", revoke_all)])
+    async with backend:
+        devices = [await _logged_in_key(backend, "bob") for _ in range(3)]
+        handles = [backend.handle(key, "bob") for key in devices]
+        async with _client(app) as admin:
+            assert (await admin.get("/revoke-one", params={"id": handles[0]})).text == "True"
+            assert (await admin.get("/revoke-one", params={"id": handles[0]})).text == "False"
+            assert (await admin.get("/revoke-all", params={"user": "bob"})).text == "2"
+            assert (await admin.get("/revoke-all", params={"user": "bob"})).text == "0"
+        reported = [(event.type, event.session_id, event.user_id) for event in seen]
+        assert reported[0] == ("revoked", handles[0], "bob")
+        assert sorted(reported[1:]) == sorted(("revoked", handle, "bob") for handle in handles[1:])
+        await _logged_in_key(backend, "bob")
+        assert await backend.revoke_user_sessions("bob") == 1  # no request: nobody to tell
+        assert len(seen) == 3
+
+
+async def _logged_in_key(backend: SessionBackend, user: str) -> str:
+    session = Session(backend, None, SessionConfig())
+    await session.login(user)
+    assert session.session_key is not None
+    return session.session_key
 
 
 async def test_async_listener_interrupted_and_store_error_events(clock: Clock) -> None:

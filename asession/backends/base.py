@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from asession import encryption, keys, serializers, users
+from asession import encryption, events, keys, serializers, users
 from asession.changes import Changes
 from asession.exceptions import BackendUnavailableError, CreateError, ImproperlyConfigured, SessionError, UpdateError
 
@@ -442,22 +442,32 @@ class SessionBackend(ABC):
         return await self._users_call("list a user's sessions", users.sessions(self, user))
 
     async def revoke_user_sessions(self, user_id: str | int, *, except_key: str | None = None) -> int:
-        """End every session of ``user_id`` (but the one whose key is ``except_key``); return how many ended."""
+        """End every session of ``user_id`` (but the one whose key is ``except_key``); return how many ended.
+
+        Called while a :class:`~asession.SessionMiddleware` with ``on_event`` serves a request, each session
+        ended is reported to it as a ``"revoked"`` event (:mod:`asession.events`).
+        """
         user = users.check_user_id(user_id)
         self._check_indexes()
         except_skey = None if except_key is None else self._skey(except_key)
         if except_key is not None and except_skey is None:
             # Not silently "no exception": that would end the very session the caller meant to keep.
             raise ValueError(f"except_key {except_key!r} is not a session key of this backend; nothing was revoked.")
-        return await self._users_call("revoke a user's sessions", users.revoke_user(self, user, except_skey))
+        ended = await self._users_call("revoke a user's sessions", users.revoke_user(self, user, except_skey))
+        await events.report_revoked(ended, user)
+        return len(ended)
 
     async def revoke_session(self, session_id: str) -> bool:
         """End the session whose :attr:`SessionInfo.id <asession.users.SessionInfo.id>` is ``session_id``.
 
-        Returns whether a live session was there (``False`` for an unknown or malformed id).
+        Returns whether a live session was there (``False`` for an unknown or malformed id). A live one is
+        reported as a ``"revoked"`` event, as :meth:`revoke_user_sessions` reports those it ends.
         """
         self._check_indexes()
-        return await self._users_call("revoke a session", users.revoke_handle(self, session_id))
+        live = await self._users_call("revoke a session", users.revoke_handle(self, session_id))
+        if live:
+            await events.report_revoked([session_id], users.user_of_handle(session_id))
+        return live
 
     async def _index_session(self, user_id: str, key: str | keys.ValidKey) -> str:
         """Record the session stored under ``key`` in ``user_id``'s index (login); return its handle."""
