@@ -234,15 +234,14 @@ class SessionMiddleware:
                     message["headers"] = _merge_headers(message.get("headers", ()), _VARY_ONLY)
             await send(message)
 
-        await self._serve(scope, receive, send_wrapper)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Call the app, with the listener as the request's own (:data:`asession.events.in_request`): the
-        revocations the app makes through the backend report their ``"revoked"`` events to it."""
-        listener = self._listener
         if listener is None:
-            await self.app(scope, receive, send)
-            return
+            await self.app(scope, receive, send_wrapper)
+        else:
+            await self._serve_reporting(listener, scope, receive, send_wrapper)
+
+    async def _serve_reporting(self, listener: events.Dispatch, scope: Scope, receive: Receive, send: Send) -> None:
+        """Call the app with ``listener`` as the request's own (:data:`asession.events.in_request`): the
+        revocations the app makes through the backend report their ``"revoked"`` events to it."""
         serving = events.in_request.set(listener)
         try:
             await self.app(scope, receive, send)
@@ -330,7 +329,10 @@ class SessionMiddleware:
                 await send({"type": "websocket.close", "code": 1011, "reason": "session store unavailable"})
             return
         scope["session"] = session
-        await self._serve(scope, receive, send)
+        if self._listener is None:
+            await self.app(scope, receive, send)
+        else:
+            await self._serve_reporting(self._listener, scope, receive, send)
 
 
 def _is_store_failure(exc: Exception) -> bool:

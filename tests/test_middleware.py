@@ -840,6 +840,32 @@ async def test_websocket_session_save_persists_on_server_backends(server_backend
         assert (await client.get("/view")).json() == {"session": {"n": 6}}
 
 
+async def test_websocket_revocations_are_events(memory_backend: SessionBackend) -> None:
+    """A WebSocket endpoint that signs the user's other devices out reports each one to on_event, as a view does."""
+    from asession import SessionEvent
+
+    async def sign_out_others(websocket: WebSocket) -> None:
+        await websocket.accept()
+        session: Session = websocket.scope["session"]
+        await websocket.send_json({"ended": await session.revoke_other_sessions()})
+        await websocket.close()
+
+    seen: list[SessionEvent] = []
+    app = Starlette(
+        routes=[WebSocketRoute("/ws", sign_out_others)],
+        middleware=[Middleware(SessionMiddleware, backend=memory_backend, on_event=seen.append)],
+    )
+    devices = []
+    for _ in range(2):
+        session = Session(memory_backend)
+        await session.login("carol")
+        devices.append(session.session_key)
+    assert websocket_json(await websocket_session(app, devices[0])) == {"ended": 1}
+    assert [(event.type, event.session_id) for event in seen] == [
+        ("revoked", memory_backend.handle(devices[1], "carol"))  # type: ignore[arg-type]
+    ]
+
+
 async def test_websocket_without_cookie_gets_a_new_session(backend: SessionBackend) -> None:
     """A handshake without cookie gets an empty session that the app can still use."""
     assert websocket_json(await websocket_session(make_app(backend), None))["n"] == 0
