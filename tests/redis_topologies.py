@@ -68,6 +68,10 @@ class RedisCluster:
                     # The bus port, chosen free, rather than port + 10000 (which may be taken or above 65535).
                     "--cluster-port",
                     str(free_port()),
+                    # A replica's first sync starts at once, not after the 5 s Redis waits by default to
+                    # gather more replicas: until it ends, the replica holds no data and will never fail over.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 )
             )
 
@@ -104,10 +108,28 @@ class RedisCluster:
             raise
 
     def ready(self) -> bool:
-        """Every node sees the cluster as ok, and every master has its replicas."""
+        """Every node sees the cluster as ok, every master has its replicas, and every replica has synced.
+
+        A replica that has not finished its first sync holds no data: were its master lost then, Redis would
+        refuse to promote it ("Disconnected from master for longer than allowed") and the slots would stay
+        down for good.
+        """
         if not all("cluster_state:ok" in command(node.port, "CLUSTER", "INFO") for node in self.nodes):
             return False
-        return all(self.replica_count(node) >= self.replicas for node in self.masters())
+        masters = self.masters()
+        if not all(self.replica_count(node) >= self.replicas for node in masters):
+            return False
+        replicas = [node for node in self.nodes if node not in masters]
+        return all("master_link_status:up" in command(node.port, "INFO", "replication") for node in replicas)
+
+    def replicated(self, timeout_ms: int = 5000) -> None:
+        """Wait until every master's replicas have acknowledged every write so far (``WAIT``)."""
+        for node in self.masters():
+            acknowledged = command(
+                node.port, "WAIT", str(self.replicas), str(timeout_ms), timeout=timeout_ms / 1000 + 5
+            )
+            if acknowledged != str(self.replicas):
+                raise RuntimeError(f"the replicas of {node.port} acknowledged {acknowledged!r} of {self.replicas}")
 
     def role(self, node: PrivateRedis) -> str:
         reply = command(node.port, "ROLE")

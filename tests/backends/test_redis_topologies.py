@@ -350,8 +350,7 @@ async def test_a_cluster_that_loses_a_master_answers_503_never_a_wrong_session(t
                 client.cookies.clear()  # a new visitor each time
                 response = await client.post("/session", json={"n": index})
                 cookies.append(response.cookies["session"])
-            for master in cluster.masters():
-                command(master.port, "WAIT", "1", "2000")
+            cluster.replicated()  # a replica without the data would never be promoted
             victim = cluster.masters()[0]
             assert victim.process is not None
             os.kill(victim.process.pid, signal.SIGKILL)
