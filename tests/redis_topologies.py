@@ -46,6 +46,40 @@ def _wait(condition: str, check: object, timeout: float = 30.0) -> None:
     raise RuntimeError(f"timed out waiting for {condition}")
 
 
+def _offset(info: str, field: str) -> int:
+    for line in info.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split(":", 1)[1])
+    raise RuntimeError(f"no {field} in INFO replication")
+
+
+def _replica_offsets(info: str) -> list[int]:
+    """The offsets a master's replicas acknowledged, from its ``slaveN:ip=...,offset=...`` lines."""
+    offsets = []
+    for line in info.splitlines():
+        if line.startswith("slave") and ":" in line and "offset=" in line:
+            fields = dict(part.split("=", 1) for part in line.split(":", 1)[1].split(","))
+            offsets.append(int(fields["offset"]))
+    return offsets
+
+
+def wait_replicated(port: int, timeout: float = 10.0) -> None:
+    """Wait until the replicas of the master on ``port`` have every write it has taken so far.
+
+    Compares replication offsets (``INFO replication``) rather than sending ``WAIT``: ``WAIT`` counts the
+    writes of its own connection, and redis-cli's has made none, so it answers at once whatever the replicas
+    lag. A replica promoted without the last writes would lose them.
+    """
+    target = _offset(command(port, "INFO", "replication"), "master_repl_offset")
+    _wait(f"the replicas of {port} to reach offset {target}", lambda: _caught_up(port, target), timeout)
+
+
+def _caught_up(port: int, offset: int) -> bool:
+    """Whether the master on ``port`` has replicas and each acknowledged ``offset``."""
+    offsets = _replica_offsets(command(port, "INFO", "replication"))
+    return bool(offsets) and min(offsets) >= offset
+
+
 class RedisCluster:
     """``masters`` masters with ``replicas`` replicas each, formed by ``redis-cli --cluster create``."""
 
@@ -122,14 +156,10 @@ class RedisCluster:
         replicas = [node for node in self.nodes if node not in masters]
         return all("master_link_status:up" in command(node.port, "INFO", "replication") for node in replicas)
 
-    def replicated(self, timeout_ms: int = 5000) -> None:
-        """Wait until every master's replicas have acknowledged every write so far (``WAIT``)."""
+    def replicated(self) -> None:
+        """Wait until every replica has every write its master has taken so far (:func:`wait_replicated`)."""
         for node in self.masters():
-            acknowledged = command(
-                node.port, "WAIT", str(self.replicas), str(timeout_ms), timeout=timeout_ms / 1000 + 5
-            )
-            if acknowledged != str(self.replicas):
-                raise RuntimeError(f"the replicas of {node.port} acknowledged {acknowledged!r} of {self.replicas}")
+            wait_replicated(node.port)
 
     def role(self, node: PrivateRedis) -> str:
         reply = command(node.port, "ROLE")
@@ -221,7 +251,7 @@ class RedisSentinel:
         """``SENTINEL FAILOVER`` once the replica has every write; the new master's port once it serves."""
         old = self.master_port()
         current = self.master if old == self.master.port else self.replica
-        command(current.port, "WAIT", "1", "2000")
+        wait_replicated(current.port)
         reply = command(self.sentinel_port, "SENTINEL", "FAILOVER", self.service)
         if reply != "OK":
             raise RuntimeError(f"SENTINEL FAILOVER answered {reply!r}")

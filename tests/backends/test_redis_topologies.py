@@ -28,7 +28,7 @@ from asession.backends.cache import CacheBackend
 from asession.backends.redis import RedisBackend
 from asession.exceptions import BackendUnavailableError, ImproperlyConfigured
 from tests.multiprocess_app import BACKEND_ENV, ServerProcess, free_port, show, update, uvicorn_command
-from tests.redis_topologies import RedisCluster, RedisSentinel, command, running_sentinel
+from tests.redis_topologies import RedisCluster, RedisSentinel, command, running_sentinel, wait_replicated
 
 pytestmark = pytest.mark.redis
 
@@ -265,7 +265,7 @@ def test_sentinel_failover_and_a_killed_master_under_load_from_two_processes(
             # The old master is a replica of the new one now; once it has every write, kill the new master.
             old = sentinel.master if first == sentinel.replica.port else sentinel.replica
             await asyncio.to_thread(_wait_synced, old.port)
-            command(first, "WAIT", "1", "2000")
+            await asyncio.to_thread(wait_replicated, first)
             killed = sentinel.replica if first == sentinel.replica.port else sentinel.master
             assert killed.process is not None
             os.kill(killed.process.pid, signal.SIGKILL)
