@@ -7,13 +7,14 @@ waits until it answers ``/healthz`` and always stops it again (terminate, wait, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,19 @@ def uvicorn_command(port: int) -> list[str]:
         "--log-level",
         "warning",
     ]
+
+
+@contextlib.contextmanager
+def two_servers(env: Mapping[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two uvicorn processes of this module's app on free ports, with ``env``; always stopped afterwards."""
+    started: list[ServerProcess] = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            server = ServerProcess(uvicorn_command(port), port, env=dict(env))
+            started.append(server)
+            server.start()
+        yield started[0], started[1]
+    finally:
+        for server in started:
+            server.close()

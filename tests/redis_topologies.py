@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.servers import REDIS_SERVER, PrivateRedis, free_port, require_executable, stop_process
 
@@ -268,24 +269,21 @@ class RedisSentinel:
 
 
 @contextlib.contextmanager
-def running_cluster(directory: Path) -> Iterator[RedisCluster]:
+def _running(topology: RedisCluster | RedisSentinel) -> Iterator[Any]:
     require_executable(REDIS_SERVER, REDIS_SERVER)
     require_executable(REDIS_CLI, REDIS_CLI)
-    cluster = RedisCluster(directory)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@contextlib.contextmanager
-def running_sentinel(directory: Path) -> Iterator[RedisSentinel]:
-    require_executable(REDIS_SERVER, REDIS_SERVER)
-    require_executable(REDIS_CLI, REDIS_CLI)
-    topology = RedisSentinel(directory)
     topology.start()
     try:
         yield topology
     finally:
         topology.stop()
+
+
+def running_cluster(directory: Path) -> contextlib.AbstractContextManager[RedisCluster]:
+    """A started :class:`RedisCluster` in ``directory``, stopped on exit."""
+    return _running(RedisCluster(directory))
+
+
+def running_sentinel(directory: Path) -> contextlib.AbstractContextManager[RedisSentinel]:
+    """A started :class:`RedisSentinel` in ``directory``, stopped on exit."""
+    return _running(RedisSentinel(directory))

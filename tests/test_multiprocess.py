@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.multiprocess_app import BACKEND_ENV, ServerProcess, free_port, uvicorn_command
+from tests.multiprocess_app import BACKEND_ENV, ServerProcess, two_servers
 
 pytestmark = pytest.mark.multiprocess
 
@@ -46,19 +46,8 @@ def servers(shared_url: str, key_log: Path) -> Iterator[tuple[ServerProcess, Ser
     """Two uvicorn processes of tests.multiprocess_app on free ports, always stopped afterwards."""
     from tests.servers import KEY_LOG_ENV
 
-    started: list[ServerProcess] = []
-    try:
-        for _ in range(2):
-            port = free_port()
-            server = ServerProcess(
-                uvicorn_command(port), port, env={BACKEND_ENV: shared_url, KEY_LOG_ENV: str(key_log)}
-            )
-            started.append(server)
-            server.start()
-        yield started[0], started[1]
-    finally:
-        for server in started:
-            server.close()
+    with two_servers({BACKEND_ENV: shared_url, KEY_LOG_ENV: str(key_log)}) as servers:
+        yield servers
 
 
 def test_session_created_in_one_process_is_changed_in_the_other(

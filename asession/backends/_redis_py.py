@@ -227,7 +227,7 @@ class RedisPyClient:
         self._response_error = ResponseError
         self._noscript = NoScriptError
 
-    async def _refreshed(self) -> None:
+    async def _refresh(self) -> None:
         """A cluster's pending topology refresh, run to its end whoever waits for it.
 
         ``RedisCluster`` refreshes its slot map (``CLUSTER SLOTS``, then ``COMMAND``) inside the first call
@@ -236,11 +236,9 @@ class RedisPyClient:
         than the bound, and then every request would cancel it and the app would never recover. Here the
         refresh is one task the calls wait for through :func:`asyncio.shield`: a call that gives up leaves
         it running, and the next call waits for the same one. redis-py has no public flag for a pending
-        refresh; its ``_initialize`` attribute is read, and a client without it (``Redis``, Sentinel's
-        ``master_for``) never refreshes this way.
+        refresh; the calls read its ``_initialize`` attribute (no coroutine made when it is false), and a client
+        without it (``Redis``, Sentinel's ``master_for``) never refreshes this way.
         """
-        if not getattr(self.client, "_initialize", False):
-            return
         refreshing = self._refreshing
         if refreshing is None or refreshing.done():
             refreshing = self._refreshing = asyncio.ensure_future(self.client.initialize())
@@ -248,7 +246,8 @@ class RedisPyClient:
         await asyncio.shield(refreshing)
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        await self._refreshed()
+        if getattr(self.client, "_initialize", False):  # a cluster's slot map to refresh first
+            await self._refresh()
         try:
             return _as_bytes(await getattr(self.client, name)(*args, **kwargs))
         except self._noscript as exc:
@@ -274,7 +273,8 @@ class RedisPyClient:
 
     async def hgetall(self, key: str) -> list[bytes]:
         """Fields and values in turn, as the own client's ``HGETALL`` (redis-py answers a dict)."""
-        await self._refreshed()
+        if getattr(self.client, "_initialize", False):  # a cluster's slot map to refresh first
+            await self._refresh()
         try:
             mapping = await self.client.hgetall(key)
         except self._response_error as exc:

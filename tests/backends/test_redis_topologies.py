@@ -27,7 +27,7 @@ from asession.backends._redis_py import parse_topology_url
 from asession.backends.cache import CacheBackend
 from asession.backends.redis import RedisBackend
 from asession.exceptions import BackendUnavailableError, ImproperlyConfigured
-from tests.multiprocess_app import BACKEND_ENV, ServerProcess, free_port, show, update, uvicorn_command
+from tests.multiprocess_app import BACKEND_ENV, ServerProcess, show, two_servers, update
 from tests.redis_topologies import RedisCluster, RedisSentinel, command, running_sentinel, wait_replicated
 
 pytestmark = pytest.mark.redis
@@ -171,17 +171,8 @@ def sentinel(tmp_path: Path) -> Iterator[RedisSentinel]:
 
 @pytest.fixture
 def two_apps(sentinel: RedisSentinel) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    started: list[ServerProcess] = []
-    try:
-        for _ in range(2):
-            port = free_port()
-            server = ServerProcess(uvicorn_command(port), port, env={BACKEND_ENV: sentinel.url})
-            started.append(server)
-            server.start()
-        yield started[0], started[1]
-    finally:
-        for server in started:
-            server.close()
+    with two_servers({BACKEND_ENV: sentinel.url}) as servers:
+        yield servers
 
 
 class Load:
